@@ -1,0 +1,131 @@
+"""Relational Reasoning pairs and focal binary cross-entropy (Patacchiola & Storkey, 2020).
+
+The pair construction follows Eq. 3-4 of the paper and the negative schedule of its
+reference code; the loss is Eq. 7-8.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+AGGREGATIONS = ("cat", "sum", "mean", "max")
+
+
+def check_aggregation(aggregation: str) -> str:
+    """Return `aggregation` if it is one of AGGREGATIONS, else raise a ValueError naming it."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(
+            f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {aggregation!r}"
+        )
+    return aggregation
+
+
+def aggregate(a: torch.Tensor, b: torch.Tensor, aggregation: str = "cat") -> torch.Tensor:
+    """Join two (P, d) feature sets into relation-head inputs, Eq. 5 of the paper.
+
+    `cat` gives (P, 2d); `sum`, `mean` and `max` are element-wise and give (P, d).
+    """
+    check_aggregation(aggregation)
+    if aggregation == "cat":
+        return torch.cat((a, b), dim=1)
+    if aggregation == "sum":
+        return a + b
+    if aggregation == "mean":
+        return (a + b) * 0.5
+    return torch.maximum(a, b)
+
+
+def negative_shifts(k: int, m: int) -> list[int]:
+    """Shift s_c = (c mod (M-1)) + 1 used for the c-th augmentation pair's negatives.
+
+    This is the reference code's schedule: a counter starting at 1 that wraps to 1 after
+    M-1, so no shift is ever 0 (a 0 shift would pair an image with itself).
+    """
+    n_pairs = k * (k - 1) // 2
+    return [(c % (m - 1)) + 1 for c in range(n_pairs)]
+
+
+def _pair_indices(k: int, m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row indices (into the view-major K*M features) of the left and right members of every pair.
+
+    Returns (left, right, is_positive): for augmentation pair c = (i, j), i < j in row-major
+    order, the block [2cM, 2cM + M) holds the positives (view i of image n, view j of image n)
+    and the block [2cM + M, 2cM + 2M) the negatives (view i of image n, view j of image
+    (n - s_c) mod M).
+    """
+    i_idx, j_idx = torch.triu_indices(k, k, offset=1, device=device)  # row-major i < j
+    n_pairs = i_idx.numel()
+    c = torch.arange(n_pairs, device=device)
+    shifts = (c % (m - 1)) + 1
+    n = torch.arange(m, device=device)
+    left = i_idx[:, None] * m + n[None, :]  # (C, M)
+    right_pos = j_idx[:, None] * m + n[None, :]
+    right_neg = j_idx[:, None] * m + (n[None, :] - shifts[:, None]) % m
+    left_all = torch.stack((left, left), dim=1).reshape(-1)  # (C, 2, M) -> pos block, neg block
+    right_all = torch.stack((right_pos, right_neg), dim=1).reshape(-1)
+    positive = torch.zeros(n_pairs, 2, m, dtype=torch.bool, device=device)
+    positive[:, 0] = True
+    return left_all, right_all, positive.reshape(-1)
+
+
+def relational_pairs(
+    z: torch.Tensor,
+    k: int,
+    aggregation: str = "cat",
+    labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Build the M*K(K-1) aggregated pairs and their targets from K views of M images.
+
+    `z` holds the K*M features in view-major order (all M images of view 0, then view 1, ...).
+    For every augmentation pair (i, j) with i < j, taken in row-major order, the output holds
+    M positives (z_i[n], z_j[n]) followed by M negatives (z_i[n], z_j[(n - s_c) mod M]) with
+    the reference schedule s_c = (c mod (M-1)) + 1. Targets are float 1 / 0.
+
+    Semi-supervised option: `labels` (M,) with -1 for unlabelled images; a "negative" whose two
+    images are both labelled with the same class gets target 1 (the paper's §3.1: labelled
+    images of the same category form positives too).
+    """
+    check_aggregation(aggregation)
+    if z.dim() != 2:
+        raise ValueError(f"z must be (K*M, d); got shape {tuple(z.shape)}")
+    if k < 2:
+        raise ValueError(f"k (number of views) must be at least 2; got {k}")
+    if z.shape[0] % k != 0:
+        raise ValueError(f"z has {z.shape[0]} rows, not a multiple of k={k}")
+    m = z.shape[0] // k
+    if m < 2:
+        raise ValueError(f"need at least 2 images per batch to build negatives; got M={m}")
+    left, right, positive = _pair_indices(k, m, z.device)
+    pairs = aggregate(z[left], z[right], aggregation)
+    if labels is not None:
+        if labels.shape != (m,):
+            raise ValueError(f"labels must have shape (M,)=({m},); got {tuple(labels.shape)}")
+        labels = labels.to(z.device)
+        lab_left = labels[left % m]
+        lab_right = labels[right % m]
+        positive = positive | ((lab_left >= 0) & (lab_left == lab_right))
+    return pairs, positive.to(z.dtype)
+
+
+def focal_bce(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal binary cross-entropy of Eq. 7-8, mean over pairs.
+
+    With y = sigmoid(logit): L = mean_i -w_i [t_i log y_i + (1 - t_i) log(1 - y_i)] and
+    w_i = 1/2 [(1 - t_i) y_i + t_i (1 - y_i)]^gamma, the factor 1/2 as printed in the paper
+    (so gamma = 0 gives plain BCE scaled by 1/2). The weight is part of the graph, as in
+    the focal loss. Log-probabilities come from `logsigmoid`, which stays finite for large logits.
+    """
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0; got {gamma}")
+    logits = logits.reshape(-1).float()
+    targets = targets.reshape(-1).to(logits.dtype)
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in size")
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if gamma == 0:
+        return 0.5 * bce.mean()
+    y = torch.sigmoid(logits)
+    miss = (1.0 - targets) * y + targets * (1.0 - y)  # probability given to the wrong class
+    weight = 0.5 * miss.pow(gamma)
+    return (weight * bce).mean()
