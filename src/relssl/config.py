@@ -1,0 +1,231 @@
+"""Typed run configuration: YAML file + command-line overrides, validated once at start-up.
+
+Every section is a pydantic model that forbids unknown keys, so a typo in a YAML file or a
+`--set key=value` fails before any work starts, with a message naming the dotted key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from relssl.losses import AGGREGATIONS
+
+METHOD_NAMES = ("relational",)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which images to train and evaluate on."""
+
+    dataset: str = "digits"
+    root: str | None = None
+    download: bool = True
+    image_size: int | None = Field(default=None, ge=8)
+    cache_dir: str | None = None
+    train_split: str | None = None  # None: the dataset's natural pretraining split
+    eval_train_split: str = "train"
+    eval_test_split: str = "test"
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from relssl.data import DATASET_NAMES
+
+        if name not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
+        return name
+
+
+class BackboneConfig(_Section):
+    """Backbone name and constructor options (see relssl.models.create_backbone)."""
+
+    name: str = "conv4"
+    cifar_stem: bool | None = None  # only for resnet18/34/50; None leaves the model's default
+
+    @field_validator("name")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        from relssl.models import BACKBONE_NAMES
+
+        if name not in BACKBONE_NAMES:
+            raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONE_NAMES)}")
+        return name
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for create_backbone, leaving out unset ones."""
+        return {} if self.cifar_stem is None else {"cifar_stem": self.cifar_stem}
+
+
+class RelationalConfig(_Section):
+    """Relational Reasoning settings; paper defaults except K (the paper uses 32)."""
+
+    k: int = Field(default=32, ge=2)
+    aggregation: str = "cat"
+    gamma: float = Field(default=2.0, ge=0.0)
+    head_hidden: int = Field(default=256, ge=1)
+    # Semi-supervised option: share of training images whose labels are used to form
+    # extra positives (same class). 0 is the unsupervised method of the paper.
+    labelled_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @field_validator("aggregation")
+    @classmethod
+    def _known_aggregation(cls, value: str) -> str:
+        if value not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {value!r}; choose from {', '.join(AGGREGATIONS)}")
+        return value
+
+
+class AugmentSection(_Section):
+    """Augmentation parameters; `mean`/`std` None means measured on the training split."""
+
+    size: int | None = Field(default=None, ge=8)
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.8
+    contrast: float = 0.8
+    saturation: float = 0.8
+    hue: float = 0.2
+    gray_p: float = 0.2
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+
+class OptimConfig(_Section):
+    """Optimizer of the pretraining stage (paper: Adam, lr 1e-3)."""
+
+    name: Literal["adam", "sgd", "adamw"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+
+
+class TrainConfig(_Section):
+    """Schedule, checkpoints, logging and device settings."""
+
+    epochs: int = Field(default=200, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)  # a fixed step budget overrides epochs
+    batch_size: int = Field(default=64, ge=2)  # M, images per step (per process)
+    checkpoint_every: int = Field(default=1, ge=1)  # epochs between periodic checkpoints
+    checkpoint_every_steps: int | None = Field(default=None, ge=1)
+    keep_periodic: bool = False  # also keep epoch-numbered checkpoints beside last.pt
+    log_every: int = Field(default=20, ge=1)  # steps between CSV flushes / host syncs
+    device: str = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    runs_dir: str = "runs"
+    run_name: str | None = None
+    progress: bool = True
+
+
+class EvalConfig(_Section):
+    """Linear evaluation after pretraining (paper: 100 epochs, Adam 1e-3, batch 128)."""
+
+    linear: bool = True
+    compare_random: bool | None = None  # None: on for the built-in digits set only
+    epochs: int = Field(default=100, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=128, ge=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    standardize: bool = False
+    feature_batch_size: int = Field(default=512, ge=1)
+
+
+class RunConfig(_Section):
+    """A whole `relssl train` run."""
+
+    method: str = "relational"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    relational: RelationalConfig = RelationalConfig()
+    augment: AugmentSection = AugmentSection()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        if name not in METHOD_NAMES:
+            raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
+        return name
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        if self.data.dataset == "imagefolder" and not self.data.root:
+            raise ValueError("data.root: the imagefolder dataset needs --data-root DIR")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-safe dictionary of every setting."""
+        return self.model_dump(mode="json")
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key; check the spelling against `relssl train --print-config`"
+    return f"config key '{key}': {msg}{more}"
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value with YAML rules (numbers, booleans, null, lists)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c = value` inside a nested dictionary, creating sections as needed."""
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key '{key}': '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dictionary (safe loader only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of keys")
+    return data
+
+
+def build_config(tree: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Validate a nested dictionary plus dotted overrides into a RunConfig."""
+    merged: dict[str, Any] = _deep_copy(tree or {})
+    for key, value in (overrides or {}).items():
+        set_dotted(merged, key, value)
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in tree.items()}

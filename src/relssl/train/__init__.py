@@ -1,0 +1,1 @@
+"""Pretraining: batches, the training loop, checkpoints, and the `relssl train` run."""

@@ -1,0 +1,150 @@
+"""One `relssl train` run: pretrain, export, linear-evaluate (learned and random init), write metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from relssl.augment import AugmentConfig
+from relssl.config import RunConfig, build_config
+from relssl.data import ImageArrays, load_split
+from relssl.evaluate import LinearEvalConfig
+from relssl.methods import create_method
+from relssl.models import create_backbone
+from relssl.train.evaluation import EvalData, evaluate_linear, feature_cache
+from relssl.train.setup import channel_stats, create_run_dir, resolve_device, seed_everything, write_config, write_json
+from relssl.train.trainer import Trainer
+
+
+def default_train_split(dataset: str) -> str:
+    """The split a dataset is pretrained on when data.train_split is unset (STL-10: its unlabelled set)."""
+    return "unlabeled" if dataset == "stl10" else "train"
+
+
+def semi_supervised_labels(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Keep a seeded, class-stratified `fraction` of the labels and mark the rest unlabelled (-1)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if fraction >= 1.0:
+        return labels.copy()
+    out = np.full_like(labels, -1)
+    rng = np.random.default_rng(seed)
+    for cls in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == cls)
+        keep = rng.choice(members, int(round(fraction * len(members))), replace=False)
+        out[keep] = cls
+    return out
+
+
+def build_backbone(config: RunConfig) -> torch.nn.Module:
+    """Create the configured backbone with weights drawn from the run's seed.
+
+    Seeding just before construction makes the random-init baseline exactly the weights
+    the learned backbone started from.
+    """
+    torch.manual_seed(config.seed)
+    return create_backbone(config.backbone.name, **config.backbone.options())
+
+
+def augment_config(config: RunConfig, train: ImageArrays) -> AugmentConfig:
+    """Augmentation settings, with mean/std measured on the training split unless given."""
+    aug = config.augment.model_dump()
+    if aug["mean"] is None or aug["std"] is None:
+        mean, std = channel_stats(train.images, seed=config.seed)
+        aug["mean"] = aug["mean"] or mean
+        aug["std"] = aug["std"] or std
+    return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
+
+
+def resume_config(checkpoint: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
+    """The config a resumed run continues with: its saved settings plus explicit overrides."""
+    return build_config(checkpoint["config"], overrides)
+
+
+def compare_random_enabled(config: RunConfig) -> bool:
+    """`eval.compare_random`, defaulting to on for the built-in digits set only."""
+    flag = config.eval.compare_random
+    return config.data.dataset == "digits" if flag is None else flag
+
+
+def run_training(config: RunConfig, checkpoint: dict[str, Any] | None = None, run_dir: Path | None = None,
+                 log=print) -> tuple[Path, dict[str, Any]]:
+    """Train (or, given a loaded checkpoint and its run directory, resume) a run; evaluate it.
+
+    Returns (run_dir, metrics). When resuming, `config` should be the checkpoint's own config
+    with the user's explicit overrides applied (see `resume_config`).
+    """
+    device = resolve_device(config.train.device)
+    if checkpoint is None or run_dir is None:
+        checkpoint, run_dir = None, create_run_dir(config)
+    else:
+        write_config(config, run_dir)  # record overrides such as a longer schedule
+    log(f"run directory: {run_dir}")
+    seed_everything(config.seed)
+
+    data = config.data
+    split = data.train_split or default_train_split(data.dataset)
+    train = load_split(data.dataset, split, data.root, download=data.download, cache_dir=data.cache_dir,
+                       image_size=data.image_size, progress=config.train.progress)
+    labels = np.asarray(train.labels, dtype=np.int64)
+    if config.relational.labelled_fraction > 0:
+        labels = semi_supervised_labels(labels, config.relational.labelled_fraction, config.seed)
+    aug_cfg = augment_config(config, train)
+    log(f"pretraining {config.method} / {config.backbone.name} on {data.dataset}:{split} "
+        f"({len(train)} images {train.images.shape[1]}x{train.images.shape[2]}) on {device}")
+
+    method = create_method(config, build_backbone(config))
+    trainer = Trainer(config, method, train.images, labels, aug_cfg, device, run_dir)
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
+        log(f"resumed at epoch {trainer.state.epoch}, step {trainer.state.global_step}/{trainer.total_steps}")
+    t0 = time.perf_counter()
+    state = trainer.fit()
+    metrics: dict[str, Any] = {
+        "method": config.method, "dataset": data.dataset, "backbone": config.backbone.name,
+        "seed": config.seed, "train_steps": state.global_step, "train_epochs_completed": state.epoch,
+        "train_seconds": round(state.elapsed, 2), "finished": trainer.finished,
+    }
+    if not trainer.finished:
+        write_json(metrics, run_dir / "metrics.json")
+        return run_dir, metrics
+    trainer.export_backbone()
+    log(f"trained {state.global_step} steps in {time.perf_counter() - t0:.1f}s this session")
+
+    if config.eval.linear:
+        metrics.update(_linear_metrics(config, trainer, aug_cfg, device, run_dir, log))
+    write_json(metrics, run_dir / "metrics.json")
+    log(f"metrics: {run_dir / 'metrics.json'}")
+    return run_dir, metrics
+
+
+def _linear_metrics(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, device: torch.device,
+                    run_dir: Path, log) -> dict[str, Any]:
+    """Linear evaluation of the learned backbone and, if enabled, of its random initialisation."""
+    ev = config.eval
+    data = EvalData.load(config.data.dataset, config.data.root, train_split=config.data.eval_train_split,
+                         test_split=config.data.eval_test_split, download=config.data.download,
+                         cache_dir=config.data.cache_dir, image_size=config.data.image_size,
+                         progress=config.train.progress)
+    lin_cfg = LinearEvalConfig(epochs=ev.epochs, lr=ev.lr, batch_size=ev.batch_size,
+                               weight_decay=ev.weight_decay, standardize=ev.standardize, seed=config.seed)
+    common = dict(mean=aug_cfg.mean, std=aug_cfg.std, config=lin_cfg, device=device, cache=feature_cache(run_dir),
+                  size=aug_cfg.size, feature_batch_size=ev.feature_batch_size, progress=config.train.progress)
+    out: dict[str, Any] = {"linear_protocol": {"epochs": ev.epochs, "lr": ev.lr, "batch_size": ev.batch_size,
+                                               "standardize": ev.standardize}}
+    tag = f"step{trainer.state.global_step}"
+    learned = evaluate_linear(trainer.method.backbone, data, cache_key=f"learned-{tag}", **common)
+    out["linear_top1"] = learned.top1
+    if learned.top5 is not None:
+        out["linear_top5"] = learned.top5
+    log(f"linear evaluation, learned backbone:     top-1 {learned.top1:.2f}%")
+    if compare_random_enabled(config):
+        random_init = evaluate_linear(build_backbone(config), data, cache_key="random-init", **common)
+        out["random_init_linear_top1"] = random_init.top1
+        if random_init.top5 is not None:
+            out["random_init_linear_top5"] = random_init.top5
+        log(f"linear evaluation, random-init backbone: top-1 {random_init.top1:.2f}%")
+    return out

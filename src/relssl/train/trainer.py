@@ -1,0 +1,211 @@
+"""The pretraining loop: batches -> K views on the device -> method loss -> optimizer step."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from relssl.augment import AugmentConfig, ViewAugment
+from relssl.config import RunConfig
+from relssl.methods import Method
+from relssl.train.batches import BatchStream
+from relssl.train.checkpoint import CheckpointError, save_backbone_safetensors, save_checkpoint
+from relssl.train.logger import StepLog
+
+
+@dataclass
+class TrainState:
+    """Where a run is in its schedule; saved in every checkpoint."""
+
+    epoch: int = 0  # current epoch (0-based)
+    step_in_epoch: int = 0  # steps already done in `epoch`
+    global_step: int = 0
+    elapsed: float = 0.0  # seconds of training so far, across resumes
+
+
+def build_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
+    """The pretraining optimizer named in `optim` (paper: Adam, lr 1e-3)."""
+    opt = config.optim
+    if opt.name == "adam":
+        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
+    if opt.name == "adamw":
+        return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+    return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=True)
+
+
+def autocast_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
+    """Mixed precision only on GPU: bf16 by default, fp16 on request, none on CPU."""
+    amp = config.train.amp
+    if device.type != "cuda" or amp == "off":
+        return None
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to stop at the next step boundary and checkpoint; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_StopFlag":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Trainer:
+    """Owns the optimisation of one method on one dataset; checkpoints and resumes exactly."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        method: Method,
+        images: np.ndarray,
+        labels: np.ndarray,
+        augment_config: AugmentConfig,
+        device: torch.device,
+        run_dir: Path,
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.run_dir = run_dir
+        self.k = config.relational.k
+        self.channels_last = config.train.channels_last == "on" or (
+            config.train.channels_last == "auto" and device.type == "cuda"
+        )
+        self.method = method.to(device)
+        if self.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(config, self.method.parameters())
+        self.amp_dtype = autocast_dtype(config, device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.augment_config = augment_config
+        self.augment = ViewAugment(augment_config).to(device)
+        self.aug_generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.stream = BatchStream(images, labels, config.train.batch_size, seed=config.seed, device=device)
+        if self.stream.steps_per_epoch < 1:
+            raise ValueError("no full batch fits in the training split; lower --batch-size")
+        self.state = TrainState()
+        self.total_steps = config.train.max_steps or config.train.epochs * self.stream.steps_per_epoch
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run bit-for-bit (tensors and plain values only)."""
+        return {
+            "format": "relssl-checkpoint-v1",
+            "config": self.config.to_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "aug_generator": self.aug_generator.get_state(),
+            "train_state": vars(self.state).copy(),
+            "normalization": {"mean": list(self.augment_config.mean), "std": list(self.augment_config.std)},
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Restore a checkpoint written by `state_dict`."""
+        if ckpt.get("format") != "relssl-checkpoint-v1":
+            raise CheckpointError("not a relssl training checkpoint (missing format tag)")
+        self.method.load_state_dict(ckpt["method"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.aug_generator.set_state(ckpt["aug_generator"])
+        self.state = TrainState(**ckpt["train_state"])
+
+    def save(self, periodic: bool = False) -> Path:
+        """Write last.pt atomically (and an epoch-numbered copy when asked)."""
+        state = self.state_dict()
+        path = save_checkpoint(state, self.run_dir / "last.pt")
+        if periodic and self.config.train.keep_periodic:
+            save_checkpoint(state, self.run_dir / f"epoch{self.state.epoch:04d}.pt")
+        return path
+
+    # ----------------------------------------------------------------- training
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        views = self.augment(images, self.k, generator=self.aug_generator)
+        if self.channels_last:
+            views = views.contiguous(memory_format=torch.channels_last)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            out = self.method.training_step(views, self.k, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {"loss": out.loss.detach(), **out.metrics}
+
+    def fit(self) -> TrainState:
+        """Train until the epoch or step budget is spent, or Ctrl-C asks to stop (then checkpoint)."""
+        cfg = self.config.train
+        log = StepLog(self.run_dir / "train_log.csv", ["loss", "pair_acc"], append=self.state.global_step > 0)
+        bar = tqdm(
+            total=self.total_steps, initial=self.state.global_step, desc="train", unit="step",
+            disable=not cfg.progress, dynamic_ncols=True,
+        )
+        self.method.train()
+        started = time.perf_counter() - self.state.elapsed
+        try:
+            with _StopFlag() as stop:
+                while self.state.global_step < self.total_steps and not stop.requested:
+                    epoch = self.state.epoch
+                    for images, labels in self.stream.iterate(epoch, self.state.step_in_epoch):
+                        metrics = self._step(images, labels)
+                        self.state.step_in_epoch += 1
+                        self.state.global_step += 1
+                        self.state.elapsed = time.perf_counter() - started
+                        log.add(self.state.global_step, epoch, self.state.elapsed, metrics)
+                        bar.update(1)
+                        if self.state.global_step % cfg.log_every == 0:
+                            bar.set_postfix({k: f"{v:.4g}" for k, v in log.flush().items()})
+                        if cfg.checkpoint_every_steps and self.state.global_step % cfg.checkpoint_every_steps == 0:
+                            log.flush()  # never checkpoint a state whose loss was not checked
+                            self.save()
+                        if self.state.global_step >= self.total_steps or stop.requested:
+                            break
+                    if self.state.step_in_epoch >= self.stream.steps_per_epoch:
+                        self.state.epoch += 1
+                        self.state.step_in_epoch = 0
+                        log.flush()
+                        if self.state.epoch % cfg.checkpoint_every == 0:
+                            self.save(periodic=True)
+                log.flush()
+                self.save()
+                if stop.requested:
+                    bar.write(f"stopped at step {self.state.global_step}; resume with: relssl train --resume {self.run_dir}")
+        finally:
+            bar.close()
+            log.close()
+        return self.state
+
+    @property
+    def finished(self) -> bool:
+        """Whether the step budget has been spent."""
+        return self.state.global_step >= self.total_steps
+
+    def export_backbone(self) -> Path:
+        """Write the trained backbone alone as backbone.safetensors."""
+        return save_backbone_safetensors(self.method.backbone, self.run_dir / "backbone.safetensors")
