@@ -1,0 +1,75 @@
+"""Conv-4: the small four-block CNN of the Relational Reasoning reference code.
+
+Follows ``backbones/conv4.py`` of github.com/mpatacchiola/self-supervised-relational-reasoning
+(Patacchiola & Storkey, NeurIPS 2020): three conv3x3-BN-ReLU-AvgPool(2) blocks and a fourth
+conv3x3-BN-ReLU block followed by global average pooling; channels 3->8->16->32->64,
+24,648 parameters.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Literal
+
+import torch
+from torch import nn
+
+Pooling = Literal["avg", "max"]
+POOLINGS: tuple[str, ...] = ("avg", "max")
+
+
+def init_conv_bn(module: nn.Module) -> None:
+    """Reference init: conv weights ~ N(0, 2 / (k*k*out)) (= Kaiming normal, fan_out, ReLU), BN 1/0.
+
+    This is what both the reference code and torchvision's ResNets do.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _block(in_ch: int, out_ch: int, pool: nn.Module) -> nn.Sequential:
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("conv", nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=1, padding=1, bias=False)),
+                ("bn", nn.BatchNorm2d(out_ch)),
+                ("relu", nn.ReLU(inplace=True)),
+                ("pool", pool),
+            ]
+        )
+    )
+
+
+class Conv4(nn.Module):
+    """Conv-4 backbone mapping (B, C, H, W) images to (B, 64) features.
+
+    ``pooling`` picks the 2x2 down-sampling between blocks: ``"avg"`` (AvgPool2d(2), as in the
+    reference code, default) or ``"max"`` (MaxPool2d(2), as in few-shot Conv-4 variants).
+    The last block always ends in global average pooling, so any input with H, W >= 8 works
+    (16x16 -> 8 -> 4 -> 2 -> 1; 32x32 -> 16 -> 8 -> 4 -> 1). State-dict keys
+    (``layerN.conv``/``layerN.bn``) match the reference checkpoints.
+    """
+
+    feature_dim: int
+
+    def __init__(self, in_channels: int = 3, pooling: Pooling = "avg") -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"conv4 option 'pooling' must be one of {POOLINGS}, got {pooling!r}")
+        pool_cls = nn.AvgPool2d if pooling == "avg" else nn.MaxPool2d
+        widths = (in_channels, 8, 16, 32, 64)
+        self.layer1 = _block(widths[0], widths[1], pool_cls(kernel_size=2, stride=2))
+        self.layer2 = _block(widths[1], widths[2], pool_cls(kernel_size=2, stride=2))
+        self.layer3 = _block(widths[2], widths[3], pool_cls(kernel_size=2, stride=2))
+        self.layer4 = _block(widths[3], widths[4], nn.AdaptiveAvgPool2d(1))
+        self.feature_dim = widths[-1]
+        self.pooling = pooling
+        init_conv_bn(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(x, 1)
