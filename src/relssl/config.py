@@ -52,6 +52,7 @@ class BackboneConfig(_Section):
 
     name: str = "conv4"
     cifar_stem: bool | None = None  # only for resnet18/34/50; None leaves the model's default
+    options: dict[str, Any] = {}  # any other create_backbone option, e.g. {pooling: max} for conv4
 
     @field_validator("name")
     @classmethod
@@ -62,9 +63,22 @@ class BackboneConfig(_Section):
             raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONE_NAMES)}")
         return name
 
-    def options(self) -> dict[str, Any]:
+    def create_kwargs(self) -> dict[str, Any]:
         """Keyword options for create_backbone, leaving out unset ones."""
-        return {} if self.cifar_stem is None else {"cifar_stem": self.cifar_stem}
+        opts = dict(self.options)
+        if self.cifar_stem is not None:
+            opts["cifar_stem"] = self.cifar_stem
+        return opts
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> "BackboneConfig":
+        from relssl.models import create_backbone
+
+        try:  # building a backbone is cheap next to training, and it is the only full check
+            create_backbone(self.name, **self.create_kwargs())
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"backbone options: {err}") from None
+        return self
 
 
 class RelationalConfig(_Section):
@@ -148,13 +162,13 @@ class RunConfig(_Section):
 
     method: str = "relational"
     seed: int = 0
-    data: DataConfig = DataConfig()
-    backbone: BackboneConfig = BackboneConfig()
-    relational: RelationalConfig = RelationalConfig()
-    augment: AugmentSection = AugmentSection()
-    optim: OptimConfig = OptimConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
+    data: DataConfig = Field(default_factory=DataConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    relational: RelationalConfig = Field(default_factory=RelationalConfig)
+    augment: AugmentSection = Field(default_factory=AugmentSection)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @field_validator("method")
     @classmethod

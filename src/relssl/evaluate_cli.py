@@ -41,7 +41,7 @@ def load_trained_backbone(path: str | Path) -> tuple[torch.nn.Module, dict[str, 
         tag = f"step{ckpt['train_state']['global_step']}"
         normalization = ckpt.get("normalization")
     cfg = build_config(config)
-    backbone = create_backbone(cfg.backbone.name, **cfg.backbone.options())
+    backbone = create_backbone(cfg.backbone.name, **cfg.backbone.create_kwargs())
     missing, unexpected = backbone.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit {cfg.backbone.name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -65,7 +65,7 @@ def run_linear_eval(args: argparse.Namespace) -> int:
         name = args.backbone or config.get("backbone", {}).get("name")
         if not name:
             raise ValueError("--random-init needs --backbone NAME (or a --checkpoint to copy the architecture from)")
-        options = {} if args.backbone else build_config(config).backbone.options()
+        options = {} if args.backbone else build_config(config).backbone.create_kwargs()
         torch.manual_seed(args.seed)
         backbone = create_backbone(name, **options)
         tag = f"random-init-seed{args.seed}"

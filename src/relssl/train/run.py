@@ -46,7 +46,7 @@ def build_backbone(config: RunConfig) -> torch.nn.Module:
     the learned backbone started from.
     """
     torch.manual_seed(config.seed)
-    return create_backbone(config.backbone.name, **config.backbone.options())
+    return create_backbone(config.backbone.name, **config.backbone.create_kwargs())
 
 
 def augment_config(config: RunConfig, train: ImageArrays) -> AugmentConfig:
