@@ -1,0 +1,105 @@
+"""A directory of cached feature tensors, written atomically and loaded without unpickling."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+try:
+    import safetensors.torch as _safetensors
+except ImportError:  # pragma: no cover - safetensors is a declared dependency
+    _safetensors = None
+
+__all__ = ["FeatureCache"]
+
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}")
+_TENSOR_NAME = "features"
+_SUFFIX = {"safetensors": ".safetensors", "npy": ".npy"}
+
+Format = Literal["safetensors", "npy"]
+
+
+class FeatureCache:
+    """Feature tensors stored one file per key under ``directory``.
+
+    Files are safetensors (or ``.npy`` when safetensors is not installed): reading one never runs
+    pickle, so a cache directory from elsewhere cannot execute code. Each write goes to a temporary
+    file in the same directory and is moved into place with ``os.replace``, so a crash leaves either
+    the old entry or the new one, never half a file. Keys are file-name-safe strings
+    (letters, digits and ``. _ = + -``), e.g. ``"resnet32-ep200-cifar10-train"``.
+    """
+
+    def __init__(self, directory: str | Path, *, format: Format | None = None) -> None:
+        if format is None:
+            format = "safetensors" if _safetensors is not None else "npy"
+        if format not in _SUFFIX:
+            raise ValueError(f"format must be 'safetensors' or 'npy', got {format!r}")
+        if format == "safetensors" and _safetensors is None:
+            raise ValueError("format='safetensors' needs the safetensors package: pip install safetensors")
+        self.directory = Path(directory)
+        self.format: Format = format
+
+    def path(self, key: str) -> Path:
+        """The file that holds ``key`` in this cache's format."""
+        if not isinstance(key, str) or not _KEY.fullmatch(key) or key in (".", ".."):
+            raise ValueError(
+                f"cache key {key!r} is not a safe file name: use 1-200 letters, digits and '._=+-', "
+                "starting with a letter or digit"
+            )
+        return self.directory / (key + _SUFFIX[self.format])
+
+    def __contains__(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def get(self, key: str) -> torch.Tensor | None:
+        """The tensor stored under ``key``, or ``None`` when there is none; a corrupt file is an error."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            if self.format == "safetensors":
+                tensors = _safetensors.load_file(str(path))
+                if set(tensors) != {_TENSOR_NAME}:
+                    raise ValueError(f"expected one tensor named {_TENSOR_NAME!r}, found {sorted(tensors)}")
+                return tensors[_TENSOR_NAME]
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        except Exception as error:  # noqa: BLE001 - any failure to parse means the same thing to the caller
+            raise ValueError(f"feature cache file {path} is unreadable ({error}); delete it to recompute") from error
+
+    def put(self, key: str, features: torch.Tensor) -> None:
+        """Store ``features`` (copied to CPU) under ``key``, replacing any previous entry atomically."""
+        if not isinstance(features, torch.Tensor):
+            raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+        path = self.path(key)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tensor = features.detach().cpu().contiguous()
+        if self.format == "safetensors":
+            payload = _safetensors.save({_TENSOR_NAME: tensor}, metadata={"key": key})
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                if self.format == "safetensors":
+                    handle.write(payload)
+                else:
+                    np.save(handle, tensor.numpy(), allow_pickle=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_or_compute(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The cached tensor for ``key``, or ``compute()``'s result after storing it."""
+        features = self.get(key)
+        if features is None:
+            features = compute()
+            self.put(key, features)
+        return features
