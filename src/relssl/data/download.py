@@ -30,7 +30,7 @@ _BLOCK = 1 << 20
 
 @dataclass(frozen=True)
 class Archive:
-    """A published dataset archive: where it lives, its checksum, and what it unpacks to."""
+    """A published dataset archive: its URL, the file name to store it under, and its checksum(s)."""
 
     url: str
     filename: str
@@ -65,20 +65,18 @@ def download(archive: Archive, dest: Path, *, progress: bool = True) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(archive.url, timeout=60)  # noqa: S310 (URL is ours or the user's)
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                raise DataError(
-                    f"cannot download {archive.url}: {exc}. Download it by hand and place it at {dest}."
-                ) from exc
-            with response:
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(archive.url, timeout=60) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
                 with tqdm(total=total, desc=f"download {dest.name}", unit="B", unit_scale=True,
                           disable=not progress) as bar:
                     for block in iter(lambda: response.read(_BLOCK), b""):
                         out.write(block)
                         bar.update(len(block))
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise DataError(
+                f"cannot download {archive.url}: {exc}. Download it by hand and place it at {dest}."
+            ) from exc
         check_digest(tmp, archive)
         os.replace(tmp, dest)
     except BaseException:
@@ -162,14 +160,7 @@ def _extract_zip(archive_path: Path, staging: Path) -> None:
 
 
 def ensure_extracted(
-    root: Path,
-    required: Sequence[Path],
-    archive: Archive | None,
-    *,
-    dataset: str,
-    download_allowed: bool,
-    progress: bool,
-    manual_hint: str = "",
+    root: Path, required: Sequence[Path], archive: Archive, *, dataset: str, download_allowed: bool, progress: bool
 ) -> None:
     """Make sure every path in `required` exists under `root`, downloading and unpacking `archive` if allowed.
 
@@ -180,8 +171,8 @@ def ensure_extracted(
     if all(path.exists() for path in required):
         return
     missing = next(path for path in required if not path.exists())
-    local = root / archive.filename if archive is not None else None
-    if archive is not None and local is not None and (local.exists() or download_allowed):
+    local = root / archive.filename
+    if local.exists() or download_allowed:
         if not can_create_in(root):
             raise DataError(
                 f"{dataset}: {missing} is missing and {root} is not writable, so the dataset cannot be "
@@ -202,10 +193,7 @@ def ensure_extracted(
             f"{dataset}: unpacked {local} but {missing} is still missing; the archive does not have the "
             "expected layout. Delete it and download again."
         )
-    how = manual_hint or (
-        f"download {archive.url} (md5 {archive.md5}) and unpack it into {root}"
-        if archive is not None else f"place the {dataset} files under {root}"
+    raise DataError(
+        f"{dataset}: expected {missing}, which does not exist. To fix: allow downloading (download=True; drop "
+        f"--no-download), or download {archive.url} (md5 {archive.md5}) and unpack it into {root}."
     )
-    if archive is not None and not download_allowed:
-        how = f"allow downloading (download=True; drop --no-download), or {how}"
-    raise DataError(f"{dataset}: expected {missing}, which does not exist. To fix: {how}.")
