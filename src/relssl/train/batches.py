@@ -44,7 +44,7 @@ class BatchStream:
         resident = self.device.type == "cpu" or images.nbytes <= DEVICE_RESIDENT_BYTES
         self._on_device = resident
         if resident:
-            self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            self.images = torch.from_numpy(np.array(images, copy=True)).to(self.device)  # memmap -> owned RAM
         else:
             self.images_host = images
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
