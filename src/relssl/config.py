@@ -34,8 +34,8 @@ class DataConfig(_Section):
     image_size: int | None = Field(default=None, ge=8)
     cache_dir: str | None = None
     train_split: str | None = None  # None: the dataset's natural pretraining split
-    eval_train_split: str = "train"
-    eval_test_split: str = "test"
+    eval_train_split: str | None = None  # None: "train" ("train160" for slimagenet64)
+    eval_test_split: str | None = None  # None: "test" ("test40" for slimagenet64)
 
     @field_validator("dataset")
     @classmethod

@@ -16,6 +16,7 @@ from relssl.evaluate import FeatureCache, LinearEvalConfig
 from relssl.models import create_backbone
 from relssl.train.checkpoint import CheckpointError, load_checkpoint
 from relssl.train.evaluation import EvalData, evaluate_linear
+from relssl.train.run import default_eval_splits
 from relssl.train.setup import channel_stats, resolve_device
 
 
@@ -73,7 +74,9 @@ def run_linear_eval(args: argparse.Namespace) -> int:
     dataset = args.dataset or data_cfg.get("dataset") or "digits"
     root = args.data_root or (data_cfg.get("root") if dataset == data_cfg.get("dataset") else None)
     progress = not args.no_progress
-    data = EvalData.load(dataset, root, train_split=args.train_split, test_split=args.test_split,
+    default_train, default_test = default_eval_splits(dataset)
+    train_split, test_split = args.train_split or default_train, args.test_split or default_test
+    data = EvalData.load(dataset, root, train_split=train_split, test_split=test_split,
                          download=not args.no_download, image_size=data_cfg.get("image_size"), progress=progress)
     aug = config.get("augment", {})
     mean, std = aug.get("mean"), aug.get("std")
@@ -84,7 +87,7 @@ def run_linear_eval(args: argparse.Namespace) -> int:
     result = evaluate_linear(
         backbone, data, mean=tuple(mean), std=tuple(std), config=lin_cfg, device=resolve_device(args.device),
         cache=FeatureCache(cache_dir) if cache_dir else None,
-        cache_key=f"{tag}-{dataset}-{args.train_split}-{args.test_split}", size=aug.get("size"), progress=progress,
+        cache_key=f"{tag}-{dataset}-{train_split}-{test_split}", size=aug.get("size"), progress=progress,
     )
     which = "random-init" if args.random_init else "learned"
     line = f"linear evaluation ({which} {backbone.__class__.__name__} on {dataset}): top-1 {result.top1:.2f}%"

@@ -84,7 +84,7 @@ def load_split(
         return digits.load(split, image_size)
     if root is None:
         if dataset.default_root is None:
-            raise DataError(f"dataset {name!r} needs a root: the folder that holds the images (--root / data.root)")
+            raise DataError(f"dataset {name!r} needs a root: the folder that holds the images (--data-root DIR, config key data.root)")
         root = Path("data") / dataset.default_root
     root_path = Path(root).expanduser().absolute()
     assert dataset.source is not None

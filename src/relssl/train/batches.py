@@ -47,7 +47,7 @@ class BatchStream:
             self.images = torch.from_numpy(np.array(images, copy=True)).to(self.device)  # memmap -> owned RAM
         else:
             self.images_host = images
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
+        self.labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.device)
 
     @property
     def steps_per_epoch(self) -> int:

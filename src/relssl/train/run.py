@@ -21,8 +21,17 @@ from relssl.train.trainer import Trainer
 
 
 def default_train_split(dataset: str) -> str:
-    """The split a dataset is pretrained on when data.train_split is unset (STL-10: its unlabelled set)."""
-    return "unlabeled" if dataset == "stl10" else "train"
+    """The split a dataset is pretrained on when data.train_split is unset.
+
+    STL-10 pretrains on its 100k unlabelled images; SlimageNet64 on the 160-per-class part of
+    its classes (its official train/test folders hold different classes).
+    """
+    return {"stl10": "unlabeled", "slimagenet64": "train160"}.get(dataset, "train")
+
+
+def default_eval_splits(dataset: str) -> tuple[str, str]:
+    """Labelled (train, test) splits for linear evaluation when data.eval_*_split are unset."""
+    return ("train160", "test40") if dataset == "slimagenet64" else ("train", "test")
 
 
 def semi_supervised_labels(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -125,8 +134,10 @@ def _linear_metrics(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig,
                     run_dir: Path, log) -> dict[str, Any]:
     """Linear evaluation of the learned backbone and, if enabled, of its random initialisation."""
     ev = config.eval
-    data = EvalData.load(config.data.dataset, config.data.root, train_split=config.data.eval_train_split,
-                         test_split=config.data.eval_test_split, download=config.data.download,
+    default_train, default_test = default_eval_splits(config.data.dataset)
+    data = EvalData.load(config.data.dataset, config.data.root,
+                         train_split=config.data.eval_train_split or default_train,
+                         test_split=config.data.eval_test_split or default_test, download=config.data.download,
                          cache_dir=config.data.cache_dir, image_size=config.data.image_size,
                          progress=config.train.progress)
     lin_cfg = LinearEvalConfig(epochs=ev.epochs, lr=ev.lr, batch_size=ev.batch_size,
