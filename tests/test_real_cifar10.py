@@ -15,7 +15,7 @@ from relssl.config import build_config
 from relssl.train.run import run_training
 
 CIFAR10 = os.environ.get("RELSSL_CIFAR10")
-STEPS = int(os.environ.get("RELSSL_REAL_TEST_STEPS", "1500"))
+STEPS = int(os.environ.get("RELSSL_REAL_TEST_STEPS", "3000"))
 
 pytestmark = [
     pytest.mark.slow,

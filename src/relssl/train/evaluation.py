@@ -69,8 +69,8 @@ def evaluate_linear(
                 cache.put(key, cached)
         feats[split_name] = cached
     return linear_evaluation(
-        feats["train"], torch.as_tensor(np.asarray(data.train.labels)),
-        feats["test"], torch.as_tensor(np.asarray(data.test.labels)),
+        feats["train"], torch.from_numpy(np.array(data.train.labels, dtype=np.int64)),
+        feats["test"], torch.from_numpy(np.array(data.test.labels, dtype=np.int64)),
         config, num_classes=data.train.num_classes, device=device, progress=progress,
     )
 
