@@ -113,6 +113,7 @@ class AugmentSection(_Section):
     saturation: float = 0.8
     hue: float = 0.2
     gray_p: float = 0.2
+    jitter_order: Literal["random", "fixed"] = "random"  # torchvision draws a random order per view
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
 
