@@ -8,7 +8,7 @@
     relation head, focal BCE, Adam) fed by each pipeline: steps/s. With the DataLoader the PIL
     workers run concurrently with the step, as in the reference code.
 
-Images: real CIFAR-10 JPEGs from ``$RELSSL_CIFAR10/<class>/*.jpg`` if that variable is set,
+Images: real CIFAR-10 JPEGs from ``$RELSSL_CIFAR10/train/<class>/*.jpg`` (or ``$RELSSL_CIFAR10/<class>/*.jpg``) if that variable is set,
 else random uint8 images (the script says which). ``--libraries`` also times kornia and
 torchvision.transforms.v2 and checks whether they draw parameters per sample.
 
@@ -63,10 +63,11 @@ def machine_info(device: torch.device) -> str:
 
 
 def load_images(n: int, seed: int = 0) -> tuple[np.ndarray, str]:
-    """n uint8 (n, 32, 32, 3) images: CIFAR-10 JPEGs from $RELSSL_CIFAR10 if set, else random."""
+    """n uint8 (n, 32, 32, 3) images: CIFAR-10 JPEGs from $RELSSL_CIFAR10 (its train/ folder) if set, else random."""
     root = os.environ.get("RELSSL_CIFAR10")
     if root:
-        files = sorted(Path(root).glob("*/*.jpg"))
+        folder = Path(root) / "train" if (Path(root) / "train").is_dir() else Path(root)  # CI's layout or a class folder root
+        files = sorted(folder.glob("*/*.jpg"))
         if not files:
             raise SystemExit(f"RELSSL_CIFAR10={root}: no <class>/*.jpg files there; unset it or fix the path")
         rng = np.random.default_rng(seed)
