@@ -46,27 +46,44 @@ def negative_shifts(k: int, m: int) -> list[int]:
     return [(c % (m - 1)) + 1 for c in range(n_pairs)]
 
 
-def _pair_indices(k: int, m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row indices (into the view-major K*M features) of the left and right members of every pair.
+def _pair_members(z: torch.Tensor, k: int, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left and right members of every pair, and which pairs are positive.
 
-    Returns (left, right, is_positive): for augmentation pair c = (i, j), i < j in row-major
-    order, the block [2cM, 2cM + M) holds the positives (view i of image n, view j of image n)
-    and the block [2cM + M, 2cM + 2M) the negatives (view i of image n, view j of image
-    (n - s_c) mod M).
+    For augmentation pair c = (i, j), i < j in row-major order, rows [2cM, 2cM + M) hold the
+    positives (view i of image n, view j of image n) and rows [2cM + M, 2cM + 2M) the negatives
+    (view i of image n, view j of image (n - s_c) mod M).
+
+    Built from broadcast views, a boolean mask and one permutation gather: every gather reads
+    each source row at most once, so the backward pass has no duplicate-index accumulation,
+    whose thread-order float sums make `z[index]` with repeated indices non-deterministic on CPU.
     """
-    i_idx, j_idx = torch.triu_indices(k, k, offset=1, device=device)  # row-major i < j
-    n_pairs = i_idx.numel()
+    d = z.shape[1]
+    zv = z.view(k, m, d)
+    upper = torch.ones(k, k, dtype=torch.bool, device=z.device).triu(1)
+    left = zv[:, None].expand(k, k, m, d)[upper]  # (C, M, d): view i of pair c
+    right = zv[None, :].expand(k, k, m, d)[upper]  # (C, M, d): view j of pair c
+    n_pairs = left.shape[0]
+    c = torch.arange(n_pairs, device=z.device)
+    shifts = (c % (m - 1)) + 1
+    n = torch.arange(m, device=z.device)
+    rolled_rows = (c[:, None] * m + (n[None, :] - shifts[:, None]) % m).reshape(-1)  # a permutation
+    right_neg = right.reshape(-1, d)[rolled_rows].view(n_pairs, m, d)
+    left_all = torch.stack((left, left), dim=1).reshape(-1, d)
+    right_all = torch.stack((right, right_neg), dim=1).reshape(-1, d)
+    positive = torch.zeros(n_pairs, 2, m, dtype=torch.bool, device=z.device)
+    positive[:, 0] = True
+    return left_all, right_all, positive.reshape(-1)
+
+
+def _pair_images(k: int, m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image index (0..M-1) of the left and right member of every pair, in `_pair_members` order."""
+    n_pairs = k * (k - 1) // 2
     c = torch.arange(n_pairs, device=device)
     shifts = (c % (m - 1)) + 1
     n = torch.arange(m, device=device)
-    left = i_idx[:, None] * m + n[None, :]  # (C, M)
-    right_pos = j_idx[:, None] * m + n[None, :]
-    right_neg = j_idx[:, None] * m + (n[None, :] - shifts[:, None]) % m
-    left_all = torch.stack((left, left), dim=1).reshape(-1)  # (C, 2, M) -> pos block, neg block
-    right_all = torch.stack((right_pos, right_neg), dim=1).reshape(-1)
-    positive = torch.zeros(n_pairs, 2, m, dtype=torch.bool, device=device)
-    positive[:, 0] = True
-    return left_all, right_all, positive.reshape(-1)
+    left = n.expand(n_pairs, 2, m)
+    right = torch.stack((n.expand(n_pairs, m), (n[None, :] - shifts[:, None]) % m), dim=1)
+    return left.reshape(-1), right.reshape(-1)
 
 
 def relational_pairs(
@@ -96,14 +113,14 @@ def relational_pairs(
     m = z.shape[0] // k
     if m < 2:
         raise ValueError(f"need at least 2 images per batch to build negatives; got M={m}")
-    left, right, positive = _pair_indices(k, m, z.device)
-    pairs = aggregate(z[left], z[right], aggregation)
+    left, right, positive = _pair_members(z, k, m)
+    pairs = aggregate(left, right, aggregation)
     if labels is not None:
         if labels.shape != (m,):
             raise ValueError(f"labels must have shape (M,)=({m},); got {tuple(labels.shape)}")
         labels = labels.to(z.device)
-        lab_left = labels[left % m]
-        lab_right = labels[right % m]
+        img_left, img_right = _pair_images(k, m, z.device)
+        lab_left, lab_right = labels[img_left], labels[img_right]
         positive = positive | ((lab_left >= 0) & (lab_left == lab_right))
     return pairs, positive.to(z.dtype)
 
