@@ -183,6 +183,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     run_dir, metrics = run_training(config, checkpoint=checkpoint, run_dir=run_dir)
+    if not metrics["finished"]:
+        return 130  # stopped by Ctrl-C after checkpointing; the message said how to resume
     print(f"run directory: {run_dir}")
     if "linear_top1" in metrics:
         line = f"linear top-1: learned {metrics['linear_top1']:.2f}%"
