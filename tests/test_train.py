@@ -136,4 +136,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "relational.aggregation" in err
     assert main(["eval", "linear", "--checkpoint", str(tmp_path / "missing"), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert not any(tmp_path.iterdir())  # nothing written by failed starts
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    runs = tmp_path / "runs"
+    assert main(["train", "--dataset", "imagefolder", "--data-root", str(empty), "--runs-dir", str(runs),
+                 "--no-progress"]) == 2
+    assert str(empty) in capsys.readouterr().err
+    assert not runs.exists()  # a failed start leaves no run directory behind

@@ -87,11 +87,6 @@ def run_training(config: RunConfig, checkpoint: dict[str, Any] | None = None, ru
     with the user's explicit overrides applied (see `resume_config`).
     """
     device = resolve_device(config.train.device)
-    if checkpoint is None or run_dir is None:
-        checkpoint, run_dir = None, create_run_dir(config)
-    else:
-        write_config(config, run_dir)  # record overrides such as a longer schedule
-    log(f"run directory: {run_dir}")
     seed_everything(config.seed)
 
     data = config.data
@@ -106,7 +101,15 @@ def run_training(config: RunConfig, checkpoint: dict[str, Any] | None = None, ru
         f"({len(train)} images {train.images.shape[1]}x{train.images.shape[2]}) on {device}")
 
     method = create_method(config, build_backbone(config))
-    trainer = Trainer(config, method, train.images, labels, aug_cfg, device, run_dir)
+    trainer = Trainer(config, method, train.images, labels, aug_cfg, device)
+    # The run directory appears only once everything above has validated, so a bad start
+    # leaves nothing behind.
+    if checkpoint is None or run_dir is None:
+        checkpoint, run_dir = None, create_run_dir(config)
+    else:
+        write_config(config, run_dir)  # record overrides such as a longer schedule
+    trainer.run_dir = run_dir
+    log(f"run directory: {run_dir}")
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
         log(f"resumed at epoch {trainer.state.epoch}, step {trainer.state.global_step}/{trainer.total_steps}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,7 @@ class Trainer:
         labels: np.ndarray,
         augment_config: AugmentConfig,
         device: torch.device,
-        run_dir: Path,
+        run_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.device = device
@@ -109,6 +110,12 @@ class Trainer:
         self.total_steps = config.train.max_steps or config.train.epochs * self.stream.steps_per_epoch
 
     # ----------------------------------------------------------------- checkpoints
+    def _output_dir(self) -> Path:
+        """The run directory, which must be set before anything is written."""
+        if self.run_dir is None:
+            raise RuntimeError("Trainer.run_dir is not set; give the trainer a run directory before fitting")
+        return self.run_dir
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the run bit-for-bit (tensors and plain values only)."""
         return {
@@ -135,9 +142,10 @@ class Trainer:
     def save(self, periodic: bool = False) -> Path:
         """Write last.pt atomically (and an epoch-numbered copy when asked)."""
         state = self.state_dict()
-        path = save_checkpoint(state, self.run_dir / "last.pt")
+        out = self._output_dir()
+        path = save_checkpoint(state, out / "last.pt")
         if periodic and self.config.train.keep_periodic:
-            save_checkpoint(state, self.run_dir / f"epoch{self.state.epoch:04d}.pt")
+            save_checkpoint(state, out / f"epoch{self.state.epoch:04d}.pt")
         return path
 
     # ----------------------------------------------------------------- training
@@ -161,10 +169,11 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train until the epoch or step budget is spent, or Ctrl-C asks to stop (then checkpoint)."""
         cfg = self.config.train
-        log = StepLog(self.run_dir / "train_log.csv", ["loss", "pair_acc"], append=self.state.global_step > 0)
+        log = StepLog(self._output_dir() / "train_log.csv", ["loss", "pair_acc"], append=self.state.global_step > 0)
         bar = tqdm(
             total=self.total_steps, initial=self.state.global_step, desc="train", unit="step",
             disable=not cfg.progress, dynamic_ncols=True,
+            mininterval=0.2 if sys.stderr.isatty() else 15.0,  # keep logs of non-interactive runs short
         )
         self.method.train()
         started = time.perf_counter() - self.state.elapsed
@@ -208,4 +217,4 @@ class Trainer:
 
     def export_backbone(self) -> Path:
         """Write the trained backbone alone as backbone.safetensors."""
-        return save_backbone_safetensors(self.method.backbone, self.run_dir / "backbone.safetensors")
+        return save_backbone_safetensors(self.method.backbone, self._output_dir() / "backbone.safetensors")
