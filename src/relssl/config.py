@@ -6,12 +6,15 @@ Every section is a pydantic model that forbids unknown keys, so a typo in a YAML
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from relssl.augment import AugmentConfig
 from relssl.losses import AGGREGATIONS
 
 METHOD_NAMES = ("relational",)
@@ -100,22 +103,32 @@ class RelationalConfig(_Section):
         return value
 
 
-class AugmentSection(_Section):
-    """Augmentation parameters; `mean`/`std` None means measured on the training split."""
+def _augment_section() -> type[_Section]:
+    """The `augment` section: AugmentConfig's fields, with mean/std optional (None = measured).
 
-    size: int | None = Field(default=None, ge=8)
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    brightness: float = 0.8
-    contrast: float = 0.8
-    saturation: float = 0.8
-    hue: float = 0.2
-    gray_p: float = 0.2
-    jitter_order: Literal["random", "fixed"] = "random"  # torchvision draws a random order per view
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    Generated from the dataclass so the two never drift apart; AugmentConfig's own checks run
+    at validation time, so a bad value fails at start-up naming `augment.<field>`.
+    """
+    hints = typing.get_type_hints(AugmentConfig)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(AugmentConfig):
+        if f.name in ("mean", "std"):
+            fields[f.name] = (hints[f.name] | None, None)
+        else:
+            fields[f.name] = (hints[f.name], f.default)
+
+    def _check(self: _Section) -> _Section:
+        values = {k: v for k, v in self.model_dump().items() if v is not None or k not in ("mean", "std")}
+        AugmentConfig(**values)  # raises ValueError("augment.<field> ...") on a bad value
+        return self
+
+    return create_model(
+        "AugmentSection", __base__=_Section, __doc__="Augmentation parameters (relssl.augment.AugmentConfig).",
+        __validators__={"_check": model_validator(mode="after")(_check)}, **fields,
+    )
+
+
+AugmentSection = _augment_section()
 
 
 class OptimConfig(_Section):
