@@ -293,3 +293,13 @@ def test_projection_mlp() -> None:
     assert len(linear_only) == 1
     moco = ProjectionMLP(8, [16], 4, last_bn=True, last_bn_affine=False)
     assert moco[-1].weight is None
+
+
+@pytest.mark.parametrize("name", ["conv4", "resnet8", "resnet18"])
+def test_forward_map_pools_to_the_features(name):
+    torch.manual_seed(0)
+    backbone = create_backbone(name).eval()
+    x = torch.randn(2, 3, 64, 64)  # ResNet-18's ImageNet stem leaves 2x2 at 64x64
+    fmap = backbone.forward_map(x)
+    assert fmap.dim() == 4 and fmap.shape[1] == backbone.feature_dim and fmap.shape[2] > 1
+    torch.testing.assert_close(fmap.mean(dim=(2, 3)), backbone(x), rtol=1e-5, atol=1e-6)

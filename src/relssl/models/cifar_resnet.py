@@ -85,7 +85,10 @@ class CifarResNet(nn.Module):
         self.feature_dim = channels[-1]
         init_conv_bn(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map before global pooling, (B, 64, h, w)."""
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return torch.flatten(self.avgpool(x), 1)
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.avgpool(self.forward_map(x)), 1)

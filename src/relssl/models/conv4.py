@@ -70,6 +70,10 @@ class Conv4(nn.Module):
         self.pooling = pooling
         init_conv_bn(self)
 
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map before global pooling, (B, 64, h, w) (local features for Deep InfoMax)."""
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.layer4[:-1](x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(x, 1)
+        return torch.flatten(self.layer4[-1](self.forward_map(x)), 1)

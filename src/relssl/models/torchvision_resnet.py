@@ -51,5 +51,10 @@ class TorchvisionResNet(ResNet):
             self.maxpool = nn.Identity()  # type: ignore[assignment]
         self.cifar_stem = cifar_stem
 
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map before global pooling, (B, feature_dim, h, w)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward_impl(x)
