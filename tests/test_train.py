@@ -27,7 +27,7 @@ def _trainer(tmp_path, max_steps, name="run"):
     images, labels = _arrays()
     run_dir = tmp_path / name
     run_dir.mkdir(exist_ok=True)
-    method = create_method(cfg, build_backbone(cfg))
+    method = create_method(cfg, build_backbone(cfg), num_images=len(images), num_classes=3)
     return Trainer(cfg, method, images, labels, AugmentConfig(), torch.device("cpu"), run_dir)
 
 
@@ -83,9 +83,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     original = t.method.training_step
     calls = {"n": 0}
 
-    def poisoned(views, k, labels):
+    def poisoned(views, labels, indices):
         calls["n"] += 1
-        out = original(views, k, labels)
+        out = original(views, labels, indices)
         if calls["n"] >= 5:
             return StepOutput(loss=out.loss * float("nan"), metrics=out.metrics)
         return out

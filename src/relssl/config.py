@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from relssl.augment import AugmentConfig
 from relssl.losses import AGGREGATIONS
 
-METHOD_NAMES = ("relational",)
+METHOD_NAMES = ("relational", "simclr", "rotnet", "deepcluster", "dim", "supervised")
 
 
 class ConfigError(ValueError):
@@ -90,7 +90,9 @@ class RelationalConfig(_Section):
     k: int = Field(default=32, ge=2)
     aggregation: str = "cat"
     gamma: float = Field(default=2.0, ge=0.0)
+    head: Literal["mlp", "dot", "encoder"] = "mlp"  # ablations: no head (dot product), encoder + dot product
     head_hidden: int = Field(default=256, ge=1)
+    encoder_dim: int = Field(default=64, ge=1)  # output size of the `encoder` head ablation
     # Semi-supervised option: share of training images whose labels are used to form
     # extra positives (same class). 0 is the unsupervised method of the paper.
     labelled_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -131,6 +133,44 @@ def _augment_section() -> type[_Section]:
 AugmentSection = _augment_section()
 
 
+class SimCLRConfig(_Section):
+    """SimCLR baseline (Chen et al., 2020) settings."""
+
+    temperature: float = Field(default=0.5, gt=0)
+    form: Literal["standard", "mean_log"] = "standard"
+    projector_hidden: int = Field(default=256, ge=1)
+    projector_dim: int = Field(default=64, ge=1)
+
+
+class DeepClusterConfig(_Section):
+    """DeepCluster baseline (Caron et al., 2018) settings."""
+
+    num_clusters: int = Field(default=100, ge=2)
+    pca_dim: int | None = Field(default=None, ge=1)  # None: min(256, feature_dim)
+    kmeans_iters: int = Field(default=20, ge=1)
+
+
+class DIMConfig(_Section):
+    """Deep InfoMax baseline (Hjelm et al., 2019) settings: DIM(L) with the prior term."""
+
+    local_weight: float = Field(default=1.0, ge=0)  # beta
+    prior_weight: float = Field(default=0.1, ge=0)  # gamma
+    embed_dim: int = Field(default=64, ge=1)
+
+
+class FinetuneConfig(_Section):
+    """Finetune protocol: the whole network trained on the labelled split, scored on the test split.
+
+    The paper's text gives only the epoch count (20 on STL-10's 5k labelled images); the
+    optimiser, learning rate and augmentation are our choices.
+    """
+
+    epochs: int = Field(default=20, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=64, ge=2)
+    augment: bool = True  # crop + flip (no colour distortion) on the labelled images
+
+
 class OptimConfig(_Section):
     """Optimizer of the pretraining stage (paper: Adam, lr 1e-3)."""
 
@@ -167,8 +207,12 @@ class EvalConfig(_Section):
     lr: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=128, ge=1)
     weight_decay: float = Field(default=0.0, ge=0)
-    standardize: bool = False
+    standardize: bool = False  # the headline linear_top1 on standardised features instead of raw
+    report_standardized: bool = True  # also report linear_std_top1 (features z-scored with train stats)
     feature_batch_size: int = Field(default=512, ge=1)
+    dataset: str | None = None  # transfer: evaluate on another dataset than the pretraining one
+    root: str | None = None  # data root of eval.dataset
+    protocol: Literal["linear", "finetune"] = "linear"
 
 
 class RunConfig(_Section):
@@ -179,6 +223,10 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     relational: RelationalConfig = Field(default_factory=RelationalConfig)
+    simclr: SimCLRConfig = Field(default_factory=SimCLRConfig)
+    deepcluster: DeepClusterConfig = Field(default_factory=DeepClusterConfig)
+    dim: DIMConfig = Field(default_factory=DIMConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     augment: AugmentSection = Field(default_factory=AugmentSection)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -195,6 +243,15 @@ class RunConfig(_Section):
     def _consistent(self) -> "RunConfig":
         if self.data.dataset == "imagefolder" and not self.data.root:
             raise ValueError("data.root: the imagefolder dataset needs --data-root DIR")
+        if self.eval.dataset is not None:
+            from relssl.data import DATASET_NAMES
+
+            if self.eval.dataset not in DATASET_NAMES:
+                raise ValueError(f"eval.dataset: unknown dataset {self.eval.dataset!r}; choose from {', '.join(DATASET_NAMES)}")
+            if self.eval.dataset == "imagefolder" and not self.eval.root:
+                raise ValueError("eval.root: evaluating on imagefolder needs eval.root DIR")
+        if self.relational.head != "mlp" and self.relational.aggregation != "cat":
+            raise ValueError("relational.head: 'dot' and 'encoder' score the two members of a pair and need aggregation 'cat'")
         return self
 
     def to_dict(self) -> dict[str, Any]:

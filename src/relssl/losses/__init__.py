@@ -1,4 +1,4 @@
-"""Losses: Relational Reasoning pairs and focal BCE."""
+"""Losses: Relational Reasoning pairs and focal BCE, NT-Xent / InfoNCE, Deep InfoMax."""
 
 from relssl.losses.relational import (
     AGGREGATIONS,
@@ -9,4 +9,7 @@ from relssl.losses.relational import (
     relational_pairs,
 )
 
-__all__ = ["AGGREGATIONS", "aggregate", "check_aggregation", "focal_bce", "negative_shifts", "relational_pairs"]
+from relssl.losses.contrastive import NT_XENT_FORMS, info_nce, nt_xent
+from relssl.losses.infomax import DIMHeads, jsd_mi, jsd_mi_local
+
+__all__ = ["NT_XENT_FORMS", "info_nce", "nt_xent", "DIMHeads", "jsd_mi", "jsd_mi_local", "AGGREGATIONS", "aggregate", "check_aggregation", "focal_bce", "negative_shifts", "relational_pairs"]

@@ -1,9 +1,11 @@
-"""What every self-supervised method shares: a backbone and a loss on a uint8 batch."""
+"""What every self-supervised method shares: a backbone, a loss on augmented views, epoch hooks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,18 +18,45 @@ class StepOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class EpochContext:
+    """What a method may look at when an epoch starts (DeepCluster re-clusters the whole split)."""
+
+    epoch: int
+    images: np.ndarray  # the whole training split, uint8 (N, H, W, 3)
+    normalize: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch on device -> un-augmented input
+    device: torch.device
+    seed: int
+    optimizer: torch.optim.Optimizer
+    progress: bool = False
+
+
 class Method(nn.Module):
     """A self-supervised method: owns the backbone and its heads, turns views into a loss.
 
-    Subclasses implement `training_step`; the trainer owns data, optimisation and logging.
+    The trainer augments each batch of M images into `num_views` views (view-major, K*M rows)
+    and calls `training_step`; it owns data, optimisation, logging and checkpoints.
     """
 
     name: str = "method"
+    metric_names: tuple[str, ...] = ()  # per-step metrics logged beside the loss
+    needs_labels: bool = False  # True: every training image must be labelled
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, num_views: int = 1) -> None:
         super().__init__()
         self.backbone = backbone
+        self.num_views = num_views
 
-    def training_step(self, views: torch.Tensor, k: int, labels: torch.Tensor | None) -> StepOutput:
-        """Compute the loss from K*M augmented views in view-major order."""
+    def training_step(
+        self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+    ) -> StepOutput:
+        """Loss from K*M augmented views (view-major), the M labels (-1 = unknown) and dataset indices."""
         raise NotImplementedError
+
+    def on_epoch_start(self, context: EpochContext) -> None:
+        """Called before the first step of every epoch (not when resuming mid-epoch)."""
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Top-1 accuracy in percent as a detached tensor (no host sync)."""
+    return (logits.detach().argmax(dim=1) == targets).float().mean() * 100.0

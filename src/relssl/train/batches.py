@@ -13,7 +13,7 @@ DEVICE_RESIDENT_BYTES = 4 * 1024**3
 
 
 class BatchStream:
-    """Yields (uint8 images (M,H,W,3), labels (M,)) batches on `device`, reproducible per epoch.
+    """Yields (uint8 images (M,H,W,3), labels (M,), dataset indices (M,)) on `device`, reproducible per epoch.
 
     The permutation of epoch e is drawn from a generator seeded with (seed, e), so a resumed
     run sees the same batches; with `world_size` > 1 each rank takes a disjoint slice.
@@ -62,16 +62,16 @@ class BatchStream:
         perm = perm[: self.steps_per_epoch * per_step].view(self.steps_per_epoch, self.world_size, self.batch_size)
         return perm[:, self.rank]
 
-    def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Batches of `epoch`, skipping the first `start_step` (for mid-epoch resume)."""
         indices = self.epoch_indices(epoch)
         for step in range(start_step, len(indices)):
             idx = indices[step]
             if self._on_device:
                 idx_dev = idx.to(self.device, non_blocking=True)
-                yield self.images[idx_dev], self.labels[idx_dev]
+                yield self.images[idx_dev], self.labels[idx_dev], idx_dev
             else:
                 order = np.sort(idx.numpy())  # sorted reads are kinder to a memory map
                 batch = torch.from_numpy(self.images_host[order]).pin_memory()
                 idx_dev = torch.from_numpy(order).to(self.device, non_blocking=True)
-                yield batch.to(self.device, non_blocking=True), self.labels[idx_dev]
+                yield batch.to(self.device, non_blocking=True), self.labels[idx_dev], idx_dev

@@ -13,6 +13,7 @@ from relssl.augment import AugmentConfig
 from relssl.config import RunConfig, build_config
 from relssl.data import ImageArrays, load_split
 from relssl.evaluate import LinearEvalConfig
+from relssl.evaluate.finetune import FinetuneSettings, finetune
 from relssl.methods import create_method
 from relssl.models import create_backbone
 from relssl.train.evaluation import EvalData, evaluate_linear, feature_cache
@@ -100,7 +101,10 @@ def run_training(config: RunConfig, checkpoint: dict[str, Any] | None = None, ru
     log(f"pretraining {config.method} / {config.backbone.name} on {data.dataset}:{split} "
         f"({len(train)} images {train.images.shape[1]}x{train.images.shape[2]}) on {device}")
 
-    method = create_method(config, build_backbone(config))
+    method = create_method(config, build_backbone(config), num_images=len(train), num_classes=train.num_classes)
+    if method.needs_labels and (labels < 0).any():
+        raise ValueError(f"method {config.method!r} needs labels, but the {data.dataset}:{split} split has "
+                         "unlabelled images; pretrain on a labelled split (data.train_split)")
     trainer = Trainer(config, method, train.images, labels, aug_cfg, device)
     # The run directory appears only once everything above has validated, so a bad start
     # leaves nothing behind.
@@ -127,38 +131,65 @@ def run_training(config: RunConfig, checkpoint: dict[str, Any] | None = None, ru
     log(f"trained {state.global_step} steps in {time.perf_counter() - t0:.1f}s this session")
 
     if config.eval.linear:
-        metrics.update(_linear_metrics(config, trainer, aug_cfg, device, run_dir, log))
+        metrics.update(_evaluation_metrics(config, trainer, aug_cfg, device, run_dir, log))
     write_json(metrics, run_dir / "metrics.json")
     log(f"metrics: {run_dir / 'metrics.json'}")
     return run_dir, metrics
 
 
-def _linear_metrics(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, device: torch.device,
-                    run_dir: Path, log) -> dict[str, Any]:
-    """Linear evaluation of the learned backbone and, if enabled, of its random initialisation."""
+def _evaluation_metrics(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, device: torch.device,
+                        run_dir: Path, log) -> dict[str, Any]:
+    """Evaluate the learned backbone (and its random init if enabled) with the configured protocol.
+
+    Linear: top-1 on raw features (the paper's protocol) and, with eval.report_standardized,
+    on features z-scored with train statistics. Finetune: the whole network trained on the
+    labelled split. eval.dataset (transfer, grain) evaluates on another dataset than pretraining.
+    """
     ev = config.eval
-    default_train, default_test = default_eval_splits(config.data.dataset)
-    data = EvalData.load(config.data.dataset, config.data.root,
-                         train_split=config.data.eval_train_split or default_train,
-                         test_split=config.data.eval_test_split or default_test, download=config.data.download,
-                         cache_dir=config.data.cache_dir, image_size=config.data.image_size,
-                         progress=config.train.progress)
-    lin_cfg = LinearEvalConfig(epochs=ev.epochs, lr=ev.lr, batch_size=ev.batch_size,
-                               weight_decay=ev.weight_decay, standardize=ev.standardize, seed=config.seed)
-    common = dict(mean=aug_cfg.mean, std=aug_cfg.std, config=lin_cfg, device=device, cache=feature_cache(run_dir),
-                  size=aug_cfg.size, feature_batch_size=ev.feature_batch_size, progress=config.train.progress)
-    out: dict[str, Any] = {"linear_protocol": {"epochs": ev.epochs, "lr": ev.lr, "batch_size": ev.batch_size,
-                                               "standardize": ev.standardize}}
-    tag = f"step{trainer.state.global_step}"
-    learned = evaluate_linear(trainer.method.backbone, data, cache_key=f"learned-{tag}", **common)
-    out["linear_top1"] = learned.top1
-    if learned.top5 is not None:
-        out["linear_top5"] = learned.top5
-    log(f"linear evaluation, learned backbone:     top-1 {learned.top1:.2f}%")
+    dataset = ev.dataset or config.data.dataset
+    root = ev.root if ev.dataset else config.data.root
+    default_train, default_test = default_eval_splits(dataset)
+    same = dataset == config.data.dataset
+    data = EvalData.load(dataset, root,
+                         train_split=(config.data.eval_train_split if same else None) or default_train,
+                         test_split=(config.data.eval_test_split if same else None) or default_test,
+                         download=config.data.download, cache_dir=config.data.cache_dir,
+                         image_size=config.data.image_size, progress=config.train.progress)
+    out: dict[str, Any] = {"eval_dataset": dataset, "eval_protocol": ev.protocol}
+    backbones = {"": trainer.method.backbone}
     if compare_random_enabled(config):
-        random_init = evaluate_linear(build_backbone(config), data, cache_key="random-init", **common)
-        out["random_init_linear_top1"] = random_init.top1
-        if random_init.top5 is not None:
-            out["random_init_linear_top5"] = random_init.top5
-        log(f"linear evaluation, random-init backbone: top-1 {random_init.top1:.2f}%")
+        backbones["random_init_"] = build_backbone(config)
+    for prefix, backbone in backbones.items():
+        who = "random-init backbone" if prefix else "learned backbone"
+        if ev.protocol == "finetune":
+            ft = config.finetune
+            result = finetune(
+                backbone, data.train.images, data.train.labels, data.test.images, data.test.labels,
+                num_classes=data.train.num_classes, mean=aug_cfg.mean, std=aug_cfg.std, device=device,
+                settings=FinetuneSettings(epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, augment=ft.augment,
+                                          seed=config.seed),
+                progress=config.train.progress,
+            )
+            out.update({f"{prefix}finetune_{k}": v for k, v in result.items()})
+            log(f"finetune evaluation, {who}: top-1 {result['top1']:.2f}%")
+            continue
+        tag = "random-init" if prefix else f"learned-step{trainer.state.global_step}"
+        variants = [("", ev.standardize)]
+        if ev.report_standardized and not ev.standardize:
+            variants.append(("std_", True))
+        for suffix, standardize in variants:
+            lin_cfg = LinearEvalConfig(epochs=ev.epochs, lr=ev.lr, batch_size=ev.batch_size,
+                                       weight_decay=ev.weight_decay, standardize=standardize, seed=config.seed)
+            result = evaluate_linear(
+                backbone, data, mean=aug_cfg.mean, std=aug_cfg.std, config=lin_cfg, device=device,
+                cache=feature_cache(run_dir), cache_key=f"{tag}-{dataset}", size=aug_cfg.size,
+                feature_batch_size=ev.feature_batch_size, progress=config.train.progress,
+            )
+            out[f"{prefix}linear_{suffix}top1"] = result.top1
+            if result.top5 is not None:
+                out[f"{prefix}linear_{suffix}top5"] = result.top5
+            kind = "standardised" if standardize else "raw"
+            log(f"linear evaluation ({kind} features), {who}: top-1 {result.top1:.2f}%")
+    out["linear_protocol"] = {"epochs": ev.epochs, "lr": ev.lr, "batch_size": ev.batch_size,
+                              "standardize": ev.standardize}
     return out

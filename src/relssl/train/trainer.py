@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import sys
 import time
@@ -14,9 +15,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from relssl.augment import AugmentConfig, ViewAugment
+from relssl.augment import AugmentConfig, ViewAugment, to_normalized
 from relssl.config import RunConfig
-from relssl.methods import Method
+from relssl.methods import EpochContext, Method
 from relssl.train.batches import BatchStream
 from relssl.train.checkpoint import CheckpointError, save_backbone_safetensors, save_checkpoint
 from relssl.train.logger import StepLog
@@ -90,7 +91,8 @@ class Trainer:
         self.config = config
         self.device = device
         self.run_dir = run_dir
-        self.k = config.relational.k
+        self.k = method.num_views
+        self.images = images
         self.channels_last = config.train.channels_last == "on" or (
             config.train.channels_last == "auto" and device.type == "cuda"
         )
@@ -149,7 +151,15 @@ class Trainer:
         return path
 
     # ----------------------------------------------------------------- training
-    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _epoch_context(self) -> EpochContext:
+        cfg = self.augment_config
+        return EpochContext(
+            epoch=self.state.epoch, images=self.images, device=self.device, seed=self.config.seed,
+            normalize=functools.partial(to_normalized, mean=cfg.mean, std=cfg.std, size=cfg.size),
+            optimizer=self.optimizer, progress=self.config.train.progress,
+        )
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         views = self.augment(images, self.k, generator=self.aug_generator)
         if self.channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
@@ -159,7 +169,7 @@ class Trainer:
             else contextlib.nullcontext()
         )
         with autocast:
-            out = self.method.training_step(views, self.k, labels)
+            out = self.method.training_step(views, labels, indices)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         self.scaler.step(self.optimizer)
@@ -169,7 +179,8 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train until the epoch or step budget is spent, or Ctrl-C asks to stop (then checkpoint)."""
         cfg = self.config.train
-        log = StepLog(self._output_dir() / "train_log.csv", ["loss", "pair_acc"], append=self.state.global_step > 0)
+        columns = ["loss", *self.method.metric_names]
+        log = StepLog(self._output_dir() / "train_log.csv", columns, append=self.state.global_step > 0)
         bar = tqdm(
             total=self.total_steps, initial=self.state.global_step, desc="train", unit="step",
             disable=not cfg.progress, dynamic_ncols=True,
@@ -181,8 +192,11 @@ class Trainer:
             with _StopFlag() as stop:
                 while self.state.global_step < self.total_steps and not stop.requested:
                     epoch = self.state.epoch
-                    for images, labels in self.stream.iterate(epoch, self.state.step_in_epoch):
-                        metrics = self._step(images, labels)
+                    if self.state.step_in_epoch == 0:
+                        self.method.on_epoch_start(self._epoch_context())
+                        self.method.train()
+                    for images, labels, indices in self.stream.iterate(epoch, self.state.step_in_epoch):
+                        metrics = self._step(images, labels, indices)
                         self.state.step_in_epoch += 1
                         self.state.global_step += 1
                         self.state.elapsed = time.perf_counter() - started

@@ -1,0 +1,74 @@
+"""DeepCluster (Caron et al., 2018): k-means pseudo-labels, re-assigned every epoch, as targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from relssl.cluster.kmeans import kmeans_assign, pca_whiten_l2
+from relssl.evaluate import extract_features
+from relssl.methods.base import EpochContext, Method, StepOutput, accuracy
+
+
+class DeepCluster(Method):
+    """Backbone + classifier over k-means clusters of the backbone's own features.
+
+    At the start of every epoch: features of the un-augmented training images are extracted,
+    PCA-whitened to `pca_dim` and L2-normalised, clustered with k-means (seeded with the run's
+    seed and the epoch, never the clock), and the classifier is re-initialised with its
+    optimizer state cleared. The epoch then trains on augmented images against those
+    pseudo-labels. DeepCluster samples images uniformly over clusters to stop a few large
+    clusters dominating; we keep the ordinary shuffled sampler and instead weight the
+    cross-entropy by inverse cluster size, which gives every cluster the same total weight.
+    """
+
+    name = "deepcluster"
+    metric_names = ("cluster_acc",)
+
+    def __init__(self, backbone: nn.Module, num_images: int, num_clusters: int = 100, pca_dim: int | None = None,
+                 kmeans_iters: int = 20) -> None:
+        super().__init__(backbone, num_views=1)
+        if num_clusters < 2 or num_clusters > num_images:
+            raise ValueError(f"deepcluster.num_clusters must be in [2, {num_images}]; got {num_clusters}")
+        dim = backbone.feature_dim
+        self.pca_dim = min(pca_dim or 256, dim)
+        self.num_clusters = num_clusters
+        self.kmeans_iters = kmeans_iters
+        self.classifier = nn.Linear(dim, num_clusters)
+        # Saved in checkpoints, so a run resumed mid-epoch keeps that epoch's assignment.
+        self.register_buffer("pseudo_labels", torch.zeros(num_images, dtype=torch.long))
+        self.register_buffer("cluster_weights", torch.ones(num_clusters))
+
+    @torch.no_grad()
+    def on_epoch_start(self, context: EpochContext) -> None:
+        features = extract_features(
+            self.backbone, context.images, normalize=context.normalize, device=context.device,
+            progress=context.progress, desc="deepcluster features",
+        )
+        seed = context.seed * 1000 + context.epoch
+        reduced = pca_whiten_l2(features.numpy(), self.pca_dim, seed=seed)
+        labels, _ = kmeans_assign(reduced, self.num_clusters, seed=seed, max_iter=self.kmeans_iters)
+        counts = np.bincount(labels, minlength=self.num_clusters).astype(np.float64)
+        weights = np.where(counts > 0, len(labels) / (self.num_clusters * np.maximum(counts, 1)), 0.0)
+        self.pseudo_labels.copy_(torch.from_numpy(labels.astype(np.int64)))
+        self.cluster_weights.copy_(torch.from_numpy(weights).float())
+        self._reset_classifier(seed)
+        for param in self.classifier.parameters():
+            context.optimizer.state.pop(param, None)
+
+    @torch.no_grad()
+    def _reset_classifier(self, seed: int) -> None:
+        """nn.Linear's default init, U(-1/sqrt(d), 1/sqrt(d)), drawn from a seeded generator (exact resume)."""
+        gen = torch.Generator().manual_seed(seed)
+        bound = 1.0 / self.classifier.in_features**0.5
+        for param in (self.classifier.weight, self.classifier.bias):
+            fresh = torch.empty(param.shape).uniform_(-bound, bound, generator=gen)
+            param.copy_(fresh.to(param.device))
+
+    def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
+        targets = self.pseudo_labels[indices]
+        logits = self.classifier(self.backbone(views)).float()
+        loss = F.cross_entropy(logits, targets, weight=self.cluster_weights)
+        return StepOutput(loss=loss, metrics={"cluster_acc": accuracy(logits, targets)})
