@@ -48,7 +48,7 @@ class DeepCluster(Method):
             progress=context.progress, desc="deepcluster features",
         )
         seed = context.seed * 1000 + context.epoch
-        reduced = pca_whiten_l2(features.numpy(), self.pca_dim, seed=seed)
+        reduced = pca_whiten_l2(features.numpy(), min(self.pca_dim, len(features)), seed=seed)
         labels, _ = kmeans_assign(reduced, self.num_clusters, seed=seed, max_iter=self.kmeans_iters)
         counts = np.bincount(labels, minlength=self.num_clusters).astype(np.float64)
         weights = np.where(counts > 0, len(labels) / (self.num_clusters * np.maximum(counts, 1)), 0.0)
