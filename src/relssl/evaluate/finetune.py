@@ -45,7 +45,7 @@ def finetune(
     The caller's backbone is left untouched. Labels must all be known (no -1).
     """
     device = torch.device(device)
-    train_labels = np.asarray(train_labels, dtype=np.int64)
+    train_labels = np.array(train_labels, dtype=np.int64)  # an owned, writable copy
     if (train_labels < 0).any():
         raise ValueError("finetuning needs a fully labelled train split (labels of -1 found)")
     if len(train_images) < settings.batch_size:
