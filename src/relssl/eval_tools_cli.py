@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ class EvalSetup:
     backbone: torch.nn.Module
     data: Any  # relssl.train.evaluation.EvalData
     dataset: str
+    root: str | None
     train_split: str
     test_split: str
     mean: tuple[float, ...]
@@ -50,8 +52,9 @@ class EvalSetup:
 
     @property
     def description(self) -> str:
-        """E.g. ``learned ConvNet4 on cifar10``."""
-        return f"{self.which} {self.backbone.__class__.__name__} on {self.dataset}"
+        """E.g. ``learned Conv4 on cifar10``, or ``... on imagefolder:cifar10`` naming the folder."""
+        data = f"{self.dataset}:{Path(self.root).name}" if self.dataset == "imagefolder" and self.root else self.dataset
+        return f"{self.which} {self.backbone.__class__.__name__} on {data}"
 
     def split(self, name: str):
         """The ``"train"`` or ``"test"`` ImageArrays."""
@@ -130,7 +133,7 @@ def load_eval_setup(args: argparse.Namespace, command: str = "eval") -> EvalSetu
     if mean is None or std is None:
         mean, std = channel_stats(data.train.images, seed=args.seed)
     return EvalSetup(
-        backbone=backbone, data=data, dataset=dataset, train_split=train_split, test_split=test_split,
+        backbone=backbone, data=data, dataset=dataset, root=root, train_split=train_split, test_split=test_split,
         mean=tuple(mean), std=tuple(std), size=aug.get("size"), device=resolve_device(args.device),
         cache=FeatureCache(run_dir / "features") if run_dir else None,
         cache_key=f"{tag}-{dataset}-{train_split}-{test_split}",
@@ -167,15 +170,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _wrap(text: str) -> str:
+    """Wrap a description ourselves: the raw formatter (kept for the examples epilog) does not."""
+    return textwrap.fill(text, width=88)
+
+
 def add_parsers(protocols: argparse._SubParsersAction) -> None:
     """Add the `retrieval`, `knn` and `tsne` protocols to the `relssl eval` sub-parsers."""
     fmt = argparse.RawDescriptionHelpFormatter
     ret = protocols.add_parser(
         "retrieval", help="top-k image retrieval accuracy and a grid of queries with their neighbours",
-        description="Cosine top-k retrieval on frozen features: every test image queries the train split "
+        description=_wrap("Cosine top-k retrieval on frozen features: every test image queries the train split "
         "(--gallery test: the rest of the test split); top-k retrieval accuracy is the share of retrieved "
         "images with the query's label, averaged over all queries. Also writes a PNG of --queries seeded "
-        "random queries and their neighbours (green frame: same label, red: different).",
+        "random queries and their neighbours (green frame: same label, red: different)."),
         epilog=EPILOG, formatter_class=fmt,
     )
     add_common_options(ret)
@@ -188,9 +196,9 @@ def add_parsers(protocols: argparse._SubParsersAction) -> None:
 
     knn = protocols.add_parser(
         "knn", help="k-nearest-neighbour classification accuracy",
-        description="kNN classifier on frozen features: each test image takes the vote of its k most "
+        description=_wrap("kNN classifier on frozen features: each test image takes the vote of its k most "
         "cosine-similar train images, weighted by exp(similarity / temperature) (Wu et al. 2018) or "
-        "one vote each (--weighting majority); top-1 accuracy on the test split.",
+        "one vote each (--weighting majority); top-1 accuracy on the test split."),
         epilog=EPILOG, formatter_class=fmt,
     )
     add_common_options(knn)
@@ -201,8 +209,8 @@ def add_parsers(protocols: argparse._SubParsersAction) -> None:
 
     tsne = protocols.add_parser(
         "tsne", help="2-D t-SNE map of the test features, coloured by class",
-        description="t-SNE (scikit-learn, PCA init) of the L2-normalised features of a seeded random "
-        "subset of the test split, drawn as a scatter coloured by class with a legend of class names.",
+        description=_wrap("t-SNE (scikit-learn, PCA init) of the L2-normalised features of a seeded random "
+        "subset of the test split, drawn as a scatter coloured by class with a legend of class names."),
         epilog=EPILOG, formatter_class=fmt,
     )
     add_common_options(tsne)
@@ -238,8 +246,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     rows = np.sort(np.random.default_rng(args.seed).choice(len(test), min(args.queries, len(test)), replace=False))
     neighbours = indices[rows].numpy()
     save_retrieval_grid(
-        np.asarray(test.images[rows]), np.asarray(reference.images[neighbours.reshape(-1)]).reshape(
-            *neighbours.shape, *reference.images.shape[1:]), output,
+        np.asarray(test.images[rows]), np.asarray(reference.images[neighbours]), output,  # (Q, k, H, W, 3)
         query_labels=query_labels[rows].numpy(), neighbour_labels=gallery_labels[neighbours].numpy(),
         class_names=test.classes,
     )
@@ -275,8 +282,8 @@ def run_tsne(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else setup.default_output("tsne")
     features = setup.features("test")
     n = min(args.max_points, len(features))
-    title = (f"t-SNE of {setup.description} features ({n} {setup.test_split} images, "
-             f"perplexity {min(args.perplexity, n - 1):g}, seed {args.seed})")
+    title = (f"t-SNE of {n} {setup.test_split} images, {setup.description} "
+             f"(perplexity {min(args.perplexity, n - 1):g}, seed {args.seed})")
     save_tsne_plot(features, setup.labels("test"), setup.split("test").classes, output,
                    max_points=args.max_points, seed=args.seed, perplexity=args.perplexity, title=title)
     print(f"t-SNE plot: {output}")
