@@ -75,6 +75,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    from relssl.eval_tools_cli import add_common_options
+    from relssl.eval_tools_cli import add_parsers as add_tool_parsers
+
     p = sub.add_parser("eval", help="evaluate a trained backbone", description="Evaluation protocols.")
     protocols = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
     lin = protocols.add_parser(
@@ -85,22 +88,13 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
         "10 classes) on the test split.",
         epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    lin.add_argument("--checkpoint", metavar="PATH", help="run directory, last.pt, or backbone.safetensors in a run directory")
-    lin.add_argument("--dataset", help="dataset to evaluate on (default: the checkpoint's)")
-    lin.add_argument("--data-root", metavar="DIR")
-    lin.add_argument("--random-init", action="store_true", help="evaluate the backbone at random initialisation")
-    lin.add_argument("--backbone", help="backbone for --random-init without a checkpoint")
-    lin.add_argument("--seed", type=int, default=0, help="seed of the random init and the linear layer")
+    add_common_options(lin)
     lin.add_argument("--epochs", type=int, default=100)
     lin.add_argument("--lr", type=float, default=1e-3)
     lin.add_argument("--batch-size", type=int, default=128)
     lin.add_argument("--standardize", action="store_true", help="z-score features with train statistics first")
-    lin.add_argument("--train-split", help="labelled split to fit the linear layer on (default train; train160 for slimagenet64)")
-    lin.add_argument("--test-split", help="split to score on (default test; test40 for slimagenet64)")
-    lin.add_argument("--device", default="auto")
-    lin.add_argument("--no-download", action="store_true")
-    lin.add_argument("--no-progress", action="store_true")
     lin.add_argument("--output", metavar="FILE", help="also write the result as JSON here")
+    add_tool_parsers(protocols)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _train_parser(sub)
     _eval_parser(sub)
+    from relssl.benchmark_cli import add_parser as add_benchmark_parser
+
+    add_benchmark_parser(sub)
     return parser
 
 
@@ -195,10 +192,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """`relssl eval linear`."""
-    from relssl.evaluate_cli import run_linear_eval
+    """`relssl eval linear|retrieval|knn|tsne`."""
+    if args.protocol == "linear":
+        from relssl.evaluate_cli import run_linear_eval
 
-    return run_linear_eval(args)
+        return run_linear_eval(args)
+    from relssl.eval_tools_cli import run as run_tool
+
+    return run_tool(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "benchmark":
+            from relssl.benchmark_cli import run as run_benchmark
+
+            return run_benchmark(args)
         return cmd_eval(args)
     except USER_ERRORS as err:
         print(f"relssl {args.command}: error: {err}", file=sys.stderr)
