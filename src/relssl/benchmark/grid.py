@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -239,7 +239,7 @@ class _Errors:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def fail(self, key: str, message: str) -> None:
+    def fail(self, key: str, message: str) -> NoReturn:
         raise GridError(f"benchmark grid {self.path}: key '{key}': {message}")
 
 
@@ -267,7 +267,6 @@ class _Interpolator:
             return default
         self.err.fail(where, f"environment variable {name} is not set (used as ${{{name}}}); "
                              f"export {name}=... before running, or pick another --scale")
-        raise AssertionError  # unreachable: fail raises
 
 
 def _select_scale(raw_scales: Any, wanted: str | None, default: Any, err: _Errors
@@ -345,8 +344,7 @@ def _parse_axis_value(raw: Any, key: str | None, where: str, axis: str, err: _Er
                             "or give each value as {label: ..., set: {key: value}}")
         label, title, value, overrides, metric = str(raw), str(raw), raw, {key: raw}, None
     else:
-        err.fail(where, "an axis value is a scalar or a mapping with label/title/value/set")
-        raise AssertionError
+        err.fail(where, "an axis value is a scalar or a mapping with label/title/value/set/metric")
     if not label or not _UNSAFE.sub("", label):
         err.fail(where, "labels need at least one letter or digit")
     return AxisValue(label=label, title=str(title), overrides=overrides, value=value, metric=metric)
@@ -431,7 +429,6 @@ def parse_paper_value(value: Any, where: str = "paper", err: _Errors | None = No
     if err is None:
         raise GridError(f"{where}: {message}")
     err.fail(where, message)
-    raise AssertionError
 
 
 def table_labels(grid: Grid, axes: Sequence[str]) -> list[str]:
@@ -566,7 +563,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _raise(key: str, message: str) -> None:
+def _raise(key: str, message: str) -> NoReturn:
     raise GridError(f"key '{key}': {message}")
 
 
