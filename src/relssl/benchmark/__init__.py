@@ -10,7 +10,8 @@ docs/protocols/benchmark.md.
 """
 
 from relssl.benchmark.grid import Axis, AxisValue, Cell, Grid, GridError, load_grid, parse_paper_value
-from relssl.benchmark.report import cell_rows, format_mean_std, format_paper, markdown_report, write_reports
+from relssl.benchmark.formatting import format_mean_std, format_paper, format_value
+from relssl.benchmark.report import cell_rows, markdown_report, write_reports
 from relssl.benchmark.runner import (
     BenchmarkError,
     BenchmarkResult,
@@ -37,6 +38,7 @@ __all__ = [
     "check_plan",
     "format_mean_std",
     "format_paper",
+    "format_value",
     "grid_dir",
     "load_grid",
     "markdown_report",

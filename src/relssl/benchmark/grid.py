@@ -266,7 +266,7 @@ class _Interpolator:
         if default is not None:
             return default
         self.err.fail(where, f"environment variable {name} is not set (used as ${{{name}}}); "
-                             f"export {name}=... before running, or pick another --scale")
+                             f"export {name}=... before running (a scale that does not use it needs none)")
 
 
 def _select_scale(raw_scales: Any, wanted: str | None, default: Any, err: _Errors

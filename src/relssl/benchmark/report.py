@@ -8,49 +8,18 @@ from __future__ import annotations
 
 import csv
 import itertools
-import math
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from relssl.benchmark.grid import Grid, PaperValue, table_labels, table_title
+from relssl.benchmark.formatting import NOT_RUN, UNKNOWN, format_mean_std, format_paper
+from relssl.benchmark.grid import Grid, table_labels, table_title
 from relssl.benchmark.runner import PlannedCell, flat_metrics, read_metrics
 
-NOT_RUN = "—"
-UNKNOWN = "n/a"
 RANDOM_PREFIX = "random_init_"
 ID_FIELDS = ("grid", "scale", "cell_id", "run_name")
 STATUS_FIELDS = ("status", "table_metric", "run_dir", "source_run", "error")
-
-
-def format_value(value: Any, digits: int = 2) -> str:
-    """A number with `digits` decimals; anything missing as a dash."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return f"{value:.{digits}f}"
-    return NOT_RUN
-
-
-def format_mean_std(values: Sequence[float], expected: int | None = None, digits: int = 2) -> str:
-    """'mean ± std' over seeds (sample std, n−1); one value alone; '(n=k)' when fewer than expected."""
-    if not values:
-        return NOT_RUN
-    mean = statistics.fmean(values)
-    text = f"{mean:.{digits}f}"
-    if len(values) > 1:
-        text += f" ± {statistics.stdev(values):.{digits}f}"
-    if expected is not None and len(values) < expected:
-        text += f" (n={len(values)})"
-    return text
-
-
-def format_paper(value: PaperValue | None, digits: int = 2) -> str:
-    """A published number as 'mean ± std' (or 'mean'); 'n/a' when the paper does not report it."""
-    if value is None:
-        return UNKNOWN
-    mean, std = value
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
 def numeric_items(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -147,8 +116,9 @@ def markdown_report(grid: Grid, rows: Sequence[Mapping[str, Any]], command: str 
             lines += _table(grid, subset, metric, row_labels, col_labels, len(seeds), primary)
             lines.append("")
     lines += [
-        f"Ours: mean ± sample standard deviation (n−1) over seeds {', '.join(seeds)}; (n=k) where only k "
-        f"finished; {NOT_RUN} = no result yet (or the runs do not report it). paper: the published number; {UNKNOWN} = not reported.",
+        (f"Ours: mean ± sample standard deviation (n−1) over seeds {', '.join(seeds)}; (n=k) where only k finished; "
+         if len(seeds) > 1 else f"Ours: one run (seed {seeds[0]}); ")
+        + f"{NOT_RUN} = no result yet (or the runs do not report it). paper: the published number; {UNKNOWN} = not reported.",
         "",
     ]
     if grid.paper_note:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from relssl.benchmark.formatting import format_paper, format_value
 from relssl.benchmark.grid import Cell, Grid, flatten
 from relssl.config import ConfigError, RunConfig, build_config
 
@@ -255,7 +256,7 @@ def run_benchmark(grid: Grid, output_root: str | Path, *, runner: Runner = train
     `keep_going`; a run stopped by Ctrl-C (metrics `finished: false`) stops it with
     `interrupted` set. `verbose` shows each run's own log lines and progress bars.
     """
-    from relssl.benchmark.report import format_value, write_reports
+    from relssl.benchmark.report import write_reports
 
     say = echo or tqdm.write
     planned = plan_cells(grid, output_root, sets=sets, only=only, progress=verbose)
@@ -265,7 +266,7 @@ def run_benchmark(grid: Grid, output_root: str | Path, *, runner: Runner = train
     for pc in planned:
         if pc.state == "done":
             result.skipped.append(pc.name)
-            say(f"skip {pc.name}: already finished ({_result_text(pc, format_value)})")
+            say(f"skip {pc.name}: already finished ({_result_text(pc)})")
     try:
         bar = tqdm(todo, desc=f"{grid.name} [{grid.scale}]", unit="cell", dynamic_ncols=True)
         for i, pc in enumerate(bar, 1):
@@ -296,7 +297,7 @@ def run_benchmark(grid: Grid, output_root: str | Path, *, runner: Runner = train
             result.ran.append(pc.name)
             metric = pc.cell.metric
             say(f"[{i}/{len(todo)}] {pc.name}: {metric} {format_value(flat_metrics(metrics).get(metric))}"
-                f"{_paper_text(grid, pc.cell, format_value)}  ({pc.seconds:.0f}s)")
+                f"{_paper_text(grid, pc.cell)}  ({pc.seconds:.0f}s)")
         bar.close()
     except KeyboardInterrupt:
         result.interrupted = True
@@ -307,11 +308,11 @@ def run_benchmark(grid: Grid, output_root: str | Path, *, runner: Runner = train
     return result
 
 
-def _result_text(pc: PlannedCell, fmt: Callable[[Any], str]) -> str:
+def _result_text(pc: PlannedCell) -> str:
     metrics = flat_metrics(read_metrics(pc.run_dir) or {})
-    return f"{pc.cell.metric} {fmt(metrics.get(pc.cell.metric))}"
+    return f"{pc.cell.metric} {format_value(metrics.get(pc.cell.metric))}"
 
 
-def _paper_text(grid: Grid, cell: Cell, fmt: Callable[[Any], str]) -> str:
+def _paper_text(grid: Grid, cell: Cell) -> str:
     value = grid.paper.get(grid.row_label(cell.labels), {}).get(grid.column_label(cell.labels))
-    return f" (paper {fmt(value[0])})" if value else ""
+    return f" (paper {format_paper(value)})" if value else ""
