@@ -86,7 +86,7 @@ def _score(model: nn.Module, classifier: nn.Module, images: np.ndarray, labels: 
         batch = torch.from_numpy(np.array(images[start:start + batch_size], copy=True)).to(device)
         logits.append(classifier(model(to_normalized(batch, mean, std))).float().cpu())
     ks = (1, 5) if num_classes > 10 else (1,)
-    acc = topk_accuracy(torch.cat(logits), torch.from_numpy(np.asarray(labels, dtype=np.int64)), ks=ks)
+    acc = topk_accuracy(torch.cat(logits), torch.from_numpy(np.array(labels, dtype=np.int64)), ks=ks)
     out = {"top1": acc[1]}
     if 5 in acc:
         out["top5"] = acc[5]
