@@ -116,3 +116,34 @@ def test_transfer_dataset_validation():
         build_config({}, {"eval.dataset": "mnist"})
     with pytest.raises(ConfigError, match="eval.root"):
         build_config({}, {"eval.dataset": "imagefolder"})
+
+
+def _tiny_run(tmp_path, name, **overrides):
+    from relssl.train.run import run_training
+
+    cfg = build_config({}, {"relational.k": 2, "train.max_steps": 3, "train.batch_size": 16, "train.progress": False,
+                            "train.runs_dir": str(tmp_path / "runs"), "train.run_name": name, "eval.epochs": 2,
+                            "eval.compare_random": True, **overrides})
+    return run_training(cfg, log=lambda *_: None)[1]
+
+
+def test_transfer_evaluates_on_the_other_dataset(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            folder = tmp_path / "folder" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    metrics = _tiny_run(tmp_path, "transfer", **{"eval.dataset": "imagefolder", "eval.root": str(tmp_path / "folder")})
+    assert metrics["dataset"] == "digits" and metrics["eval_dataset"] == "imagefolder"
+    correct = metrics["linear_top1"] * 12 / 100  # scored on the folder's 12 test images, not digits' 450
+    assert abs(correct - round(correct)) < 1e-6
+
+
+def test_finetune_protocol_in_a_run(tmp_path):
+    metrics = _tiny_run(tmp_path, "ft", **{"eval.protocol": "finetune", "finetune.epochs": 1})
+    assert "linear_top1" not in metrics
+    assert 0 <= metrics["finetune_top1"] <= 100 and 0 <= metrics["random_init_finetune_top1"] <= 100
