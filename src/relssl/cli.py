@@ -45,13 +45,13 @@ TRAIN_OPTIONS: dict[str, str] = {
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="pretrain a backbone, then linear-evaluate it",
-        description="Pretrain a backbone with a self-supervised method, export it, and run linear "
-        "evaluation (plus the random-init lower bound with --compare-random). With no arguments, "
+        description="Pretrain a backbone with a self-supervised method, export it, and run linear\n"
+        "evaluation (plus the random-init lower bound with --compare-random). With no arguments,\n"
         "trains Relational Reasoning on scikit-learn's 8x8 digits, which needs no download.",
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", help="YAML file with any config keys (see configs/)")
-    p.add_argument("--method", help="self-supervised method (relational)")
+    p.add_argument("--method", help="relational (default), simclr, rotnet, deepcluster, dim, supervised")
     p.add_argument("--backbone", help="conv4, resnet8, resnet32, resnet56, resnet18, resnet34, resnet50")
     p.add_argument("--dataset", help="digits, cifar10, cifar100, cifar100-20, stl10, tiny-imagenet, slimagenet64, imagefolder")
     p.add_argument("--data-root", metavar="DIR", help="dataset folder (default ./data/<dataset>)")
