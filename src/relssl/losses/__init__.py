@@ -1,4 +1,4 @@
-"""Losses: Relational Reasoning pairs and focal BCE, NT-Xent / InfoNCE, Deep InfoMax."""
+"""Losses: Relational Reasoning pairs and focal BCE, NT-Xent / InfoNCE, Deep InfoMax, Relative Contrastive Loss."""
 
 from relssl.losses.relational import (
     AGGREGATIONS,
@@ -11,5 +11,6 @@ from relssl.losses.relational import (
 
 from relssl.losses.contrastive import NT_XENT_FORMS, info_nce, nt_xent
 from relssl.losses.infomax import DIMHeads, jsd_mi, jsd_mi_local
+from relssl.losses.relative import relative_contrastive_loss
 
-__all__ = ["NT_XENT_FORMS", "info_nce", "nt_xent", "DIMHeads", "jsd_mi", "jsd_mi_local", "AGGREGATIONS", "aggregate", "check_aggregation", "focal_bce", "negative_shifts", "relational_pairs"]
+__all__ = ["relative_contrastive_loss", "NT_XENT_FORMS", "info_nce", "nt_xent", "DIMHeads", "jsd_mi", "jsd_mi_local", "AGGREGATIONS", "aggregate", "check_aggregation", "focal_bce", "negative_shifts", "relational_pairs"]
