@@ -17,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from relssl.augment import AugmentConfig
 from relssl.losses import AGGREGATIONS
 
-METHOD_NAMES = ("relational", "simclr", "rotnet", "deepcluster", "dim", "supervised")
+METHOD_NAMES = (
+    "relational", "simclr", "rotnet", "deepcluster", "dim", "supervised",
+    "mocov2", "mocov3", "byol", "simsiam", "nnclr", "rcl",
+)
 
 
 class ConfigError(ValueError):
@@ -158,6 +161,70 @@ class DIMConfig(_Section):
     embed_dim: int = Field(default=64, ge=1)
 
 
+class _HeadsConfig(_Section):
+    """Projector / predictor widths shared by the two-view methods (paper 2: [2048, 2048, 256] and [4096, 256])."""
+
+    projector_hidden: list[int] = Field(default_factory=lambda: [2048, 2048])
+    projector_dim: int = Field(default=256, ge=1)
+    predictor_hidden: int = Field(default=4096, ge=1)
+
+    @field_validator("projector_hidden")
+    @classmethod
+    def _positive_widths(cls, widths: list[int]) -> list[int]:
+        if any(w < 1 for w in widths):
+            raise ValueError(f"every hidden width must be >= 1; got {widths}")
+        return widths
+
+
+class _MomentumConfig(_HeadsConfig):
+    """EMA key/target encoder: base coefficient and schedule ('cosine' rises to 1, BYOL; 'constant', MoCo v2)."""
+
+    momentum: float = Field(default=0.99, ge=0, lt=1)
+    momentum_schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class MoCoV2Config(_Section):
+    """MoCo v2 baseline (Chen et al., 2020): MLP [2048] -> 128 (no predictor), tau 0.2, 65,536 negatives, m 0.999."""
+
+    projector_hidden: list[int] = Field(default_factory=lambda: [2048])
+    projector_dim: int = Field(default=128, ge=1)
+    temperature: float = Field(default=0.2, gt=0)
+    queue_size: int = Field(default=65536, ge=1)
+    momentum: float = Field(default=0.999, ge=0, lt=1)
+    momentum_schedule: Literal["cosine", "constant"] = "constant"
+    symmetric: bool = False
+
+
+class MoCoV3Config(_MomentumConfig):
+    """MoCo v3 baseline (Chen, Xie & He, 2021); tau 0.2 (the MoCo v3 paper uses 1.0 for its ResNet-50)."""
+
+    temperature: float = Field(default=0.2, gt=0)
+
+
+class BYOLConfig(_MomentumConfig):
+    """BYOL baseline (Grill et al., 2020): projector [4096] -> 256, predictor [4096], m 0.996 -> 1."""
+
+    projector_hidden: list[int] = Field(default_factory=lambda: [4096])
+    momentum: float = Field(default=0.996, ge=0, lt=1)
+
+
+class SimSiamConfig(_HeadsConfig):
+    """SimSiam baseline (Chen & He, 2021): projector [2048, 2048] -> 2048, bottleneck predictor 512."""
+
+    projector_dim: int = Field(default=2048, ge=1)
+    predictor_hidden: int = Field(default=512, ge=1)
+
+
+class NNCLRConfig(_HeadsConfig):
+    """NNCLR baseline (Dwibedi et al., 2021): tau 0.1, support queue 98,304, in-batch negatives, no momentum."""
+
+    temperature: float = Field(default=0.1, gt=0)
+    queue_size: int = Field(default=98304, ge=1)
+    momentum: float | None = Field(default=None, ge=0, lt=1)  # set: an EMA key encoder (RCL paper's form)
+    momentum_schedule: Literal["cosine", "constant"] = "cosine"
+    negatives: Literal["batch", "queue"] = "batch"
+
+
 class FinetuneConfig(_Section):
     """Finetune protocol: the whole network trained on the labelled split, scored on the test split.
 
@@ -172,12 +239,24 @@ class FinetuneConfig(_Section):
 
 
 class OptimConfig(_Section):
-    """Optimizer of the pretraining stage (paper: Adam, lr 1e-3)."""
+    """Optimizer and lr schedule of the pretraining stage (paper 1: Adam, lr 1e-3, constant).
 
-    name: Literal["adam", "sgd", "adamw"] = "adam"
+    Paper 2 (RCL) uses LARS, base lr 0.3 at batch 4096, weight decay 1e-6, 10 warm-up epochs and
+    a cosine schedule; `lr` here is the lr actually used (scale it yourself, e.g. 0.3 * M / 256).
+    """
+
+    name: Literal["adam", "sgd", "adamw", "lars"] = "adam"
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
+    schedule: Literal["constant", "cosine"] = "constant"  # per step, after the warm-up
+    warmup_epochs: float = Field(default=0.0, ge=0)  # linear warm-up from lr/warmup_steps to lr
+    trust_coefficient: float = Field(default=0.001, gt=0)  # LARS eta
+    exclude_bias_norm: bool | None = None  # no weight decay (and no LARS adaptation) on biases/BN; None: on for lars only
+
+    def excludes_bias_norm(self) -> bool:
+        """Whether biases and norm parameters skip weight decay (default: only under LARS)."""
+        return self.name == "lars" if self.exclude_bias_norm is None else self.exclude_bias_norm
 
 
 class TrainConfig(_Section):
@@ -226,6 +305,11 @@ class RunConfig(_Section):
     simclr: SimCLRConfig = Field(default_factory=SimCLRConfig)
     deepcluster: DeepClusterConfig = Field(default_factory=DeepClusterConfig)
     dim: DIMConfig = Field(default_factory=DIMConfig)
+    mocov2: MoCoV2Config = Field(default_factory=MoCoV2Config)
+    mocov3: MoCoV3Config = Field(default_factory=MoCoV3Config)
+    byol: BYOLConfig = Field(default_factory=BYOLConfig)
+    simsiam: SimSiamConfig = Field(default_factory=SimSiamConfig)
+    nnclr: NNCLRConfig = Field(default_factory=NNCLRConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     augment: AugmentSection = Field(default_factory=AugmentSection)
     optim: OptimConfig = Field(default_factory=OptimConfig)

@@ -107,3 +107,30 @@ def info_nce(
             negative = torch.einsum("bd,bmd->bm", q, negatives)
         logits = torch.cat((positive, negative), dim=1) / temperature
         return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+
+
+def cross_view_nce(q: torch.Tensor, keys: torch.Tensor, temperature: float = 0.2, offset: int = 0) -> torch.Tensor:
+    """In-batch InfoNCE: query b's positive is ``keys[offset + b]``, every other key row a negative.
+
+    L = mean_b -log softmax(q_b . keys^T / t)[offset + b] on L2-normalised vectors; this is the
+    loss of MoCo v3 (keys from the momentum encoder, gathered over ranks, `offset` = rank * B) and
+    of NNCLR (keys = nearest neighbours of the other view's embedding).
+    """
+    _check_temperature(temperature)
+    if q.dim() != 2 or keys.dim() != 2 or q.shape[1] != keys.shape[1]:
+        raise ValueError(f"q (B, d) and keys (K, d) must share d; got {tuple(q.shape)} and {tuple(keys.shape)}")
+    if offset < 0 or offset + q.shape[0] > keys.shape[0]:
+        raise ValueError(f"offset {offset} + batch {q.shape[0]} exceeds the {keys.shape[0]} key rows")
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, keys = F.normalize(q.float(), dim=1), F.normalize(keys.float(), dim=1)
+        logits = q @ keys.t() / temperature
+        targets = torch.arange(q.shape[0], device=q.device) + offset
+        return F.cross_entropy(logits, targets)
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """-mean_b cos(p_b, z_b) with `z` detached: the SimSiam loss; BYOL's 2 - 2 cos is 2 + 2 x this."""
+    if p.shape != z.shape or p.dim() != 2:
+        raise ValueError(f"p and z must both be (B, d) with the same shape; got {tuple(p.shape)} and {tuple(z.shape)}")
+    with torch.autocast(device_type=p.device.type, enabled=False):
+        return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()

@@ -56,6 +56,9 @@ class Method(nn.Module):
     def on_epoch_start(self, context: EpochContext) -> None:
         """Called before the first step of every epoch (not when resuming mid-epoch)."""
 
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Called after every optimizer step with the 1-based step count (momentum encoders update here)."""
+
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Top-1 accuracy in percent as a detached tensor (no host sync)."""

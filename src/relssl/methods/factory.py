@@ -41,8 +41,27 @@ def create_method(config: RunConfig, backbone: nn.Module, *, num_images: int, nu
         dim = config.dim
         return DeepInfoMax(backbone, local_weight=dim.local_weight, prior_weight=dim.prior_weight,
                            embed_dim=dim.embed_dim)
+    if name in ("mocov2", "mocov3", "byol", "simsiam", "nnclr"):
+        return _two_view_method(config, backbone)
+    if name == "rcl":
+        from relssl.methods.rcl import RCL
+
+        return RCL.from_config(config.rcl, backbone, num_images=num_images)
     if name == "supervised":
         from relssl.methods.supervised import Supervised
 
         return Supervised(backbone, num_classes=num_classes)
     raise ValueError(f"unknown method {name!r}")
+
+
+def _two_view_method(config: RunConfig, backbone: nn.Module) -> Method:
+    """The momentum / siamese baselines: their config section's fields are their constructor's keywords."""
+    from relssl.methods.byol import BYOL
+    from relssl.methods.mocov2 import MoCoV2
+    from relssl.methods.mocov3 import MoCoV3
+    from relssl.methods.nnclr import NNCLR
+    from relssl.methods.simsiam import SimSiam
+
+    classes = {"mocov2": MoCoV2, "mocov3": MoCoV3, "byol": BYOL, "simsiam": SimSiam, "nnclr": NNCLR}
+    options = getattr(config, config.method).model_dump()
+    return classes[config.method](backbone, **options)

@@ -21,6 +21,7 @@ from relssl.methods import EpochContext, Method
 from relssl.train.batches import BatchStream
 from relssl.train.checkpoint import CheckpointError, save_backbone_safetensors, save_checkpoint
 from relssl.train.logger import StepLog
+from relssl.train.optim import build_optimizer, build_scheduler
 
 
 @dataclass
@@ -31,16 +32,6 @@ class TrainState:
     step_in_epoch: int = 0  # steps already done in `epoch`
     global_step: int = 0
     elapsed: float = 0.0  # seconds of training so far, across resumes
-
-
-def build_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
-    """The pretraining optimizer named in `optim` (paper: Adam, lr 1e-3)."""
-    opt = config.optim
-    if opt.name == "adam":
-        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    if opt.name == "adamw":
-        return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=True)
 
 
 def autocast_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -99,7 +90,7 @@ class Trainer:
         self.method = method.to(device)
         if self.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(config, self.method.parameters())
+        self.optimizer = build_optimizer(config.optim, self.method)
         self.amp_dtype = autocast_dtype(config, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.augment_config = augment_config
@@ -110,6 +101,7 @@ class Trainer:
             raise ValueError("no full batch fits in the training split; lower --batch-size")
         self.state = TrainState()
         self.total_steps = config.train.max_steps or config.train.epochs * self.stream.steps_per_epoch
+        self.scheduler = build_scheduler(config.optim, self.optimizer, self.total_steps, self.stream.steps_per_epoch)
 
     # ----------------------------------------------------------------- checkpoints
     def _output_dir(self) -> Path:
@@ -125,6 +117,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "aug_generator": self.aug_generator.get_state(),
             "train_state": vars(self.state).copy(),
@@ -137,6 +130,8 @@ class Trainer:
             raise CheckpointError("not a relssl training checkpoint (missing format tag)")
         self.method.load_state_dict(ckpt["method"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "scheduler" in ckpt:  # checkpoints from before schedules existed ran a constant lr
+            self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.aug_generator.set_state(ckpt["aug_generator"])
         self.state = TrainState(**ckpt["train_state"])
@@ -174,6 +169,8 @@ class Trainer:
         self.scaler.scale(out.loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.scheduler.step()
+        self.method.on_step_end(self.state.global_step + 1, self.total_steps)
         return {"loss": out.loss.detach(), **out.metrics}
 
     def fit(self) -> TrainState:

@@ -1,0 +1,44 @@
+"""MoCo v3 (Chen, Xie & He, 2021): symmetric in-batch InfoNCE, predictor on the query branch, momentum keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from relssl.distributed import gather_no_grad, rank
+from relssl.losses.contrastive import cross_view_nce
+from relssl.methods.base import StepOutput
+from relssl.methods.siamese import TwoViewMethod
+
+
+class MoCoV3(TwoViewMethod):
+    """q = predictor(projector(backbone(v))); keys from the EMA copy of backbone + projector, gathered over ranks.
+
+    L = ctr(q1, k2) + ctr(q2, k1), ctr the in-batch InfoNCE (`cross_view_nce`) scaled by 2 tau as
+    in the MoCo v3 paper, so the gradient scale does not depend on tau.
+    """
+
+    name = "mocov3"
+    metric_names = ("pos_acc",)
+
+    def __init__(self, backbone: nn.Module, temperature: float = 0.2, momentum: float = 0.99,
+                 momentum_schedule: str = "cosine", projector_hidden: Sequence[int] = (2048, 2048),
+                 projector_dim: int = 256, predictor_hidden: int = 4096) -> None:
+        super().__init__(backbone, projector_hidden, projector_dim, predictor_hidden, momentum=momentum,
+                         momentum_schedule=momentum_schedule)
+        self.temperature = temperature
+
+    def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
+        v1, v2 = views.chunk(2)
+        m = v1.shape[0]
+        q1, q2 = self.predictor(self.project(v1)), self.predictor(self.project(v2))
+        k1, k2 = gather_no_grad(self.keys(v1)), gather_no_grad(self.keys(v2))
+        offset = rank() * m
+        loss = (cross_view_nce(q1, k2, self.temperature, offset) + cross_view_nce(q2, k1, self.temperature, offset))
+        loss = loss * self.temperature  # 2 tau * (mean of the two terms)
+        with torch.no_grad():
+            hits = (q1.detach().float() @ k2.float().t()).argmax(1) == torch.arange(m, device=q1.device) + offset
+            acc = hits.float().mean() * 100.0
+        return StepOutput(loss=loss, metrics={"pos_acc": acc})

@@ -1,0 +1,58 @@
+"""Shared parts of the two-view methods (MoCo v2/v3, BYOL, SimSiam, NNCLR, RCL): heads and momentum target."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from relssl.methods.base import Method
+from relssl.models import ProjectionMLP
+from relssl.models.momentum import MomentumCopy, momentum_at
+
+
+class TwoViewMethod(Method):
+    """Backbone + projector (+ predictor); optionally a momentum (EMA) copy of backbone + projector.
+
+    Projector: (fc-BN-ReLU) per hidden width, then fc-BN when `projector_last_bn` (paper 2:
+    [2048, 2048, d], d = 256). Predictor: fc-BN-ReLU-fc, [predictor_hidden, d] (paper 2: 4096).
+    With `momentum` set, `keys()` runs the EMA copy, updated after every optimizer step with
+    the coefficient `momentum_at(momentum, step / total_steps, momentum_schedule)`.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projector_hidden: Sequence[int],
+        projector_dim: int,
+        predictor_hidden: int | None,
+        momentum: float | None = None,
+        momentum_schedule: str = "cosine",
+        projector_last_bn: bool = True,
+    ) -> None:
+        super().__init__(backbone, num_views=2)
+        self.projector = ProjectionMLP(backbone.feature_dim, list(projector_hidden), projector_dim,
+                                       last_bn=projector_last_bn)
+        self.predictor = (
+            ProjectionMLP(projector_dim, [predictor_hidden], projector_dim) if predictor_hidden else None
+        )
+        self.momentum = momentum
+        self.momentum_schedule = momentum_schedule
+        self.target = MomentumCopy(nn.Sequential(backbone, self.projector)) if momentum is not None else None
+
+    def project(self, views: torch.Tensor) -> torch.Tensor:
+        """Online projections z of a batch of views."""
+        return self.projector(self.backbone(views))
+
+    @torch.no_grad()
+    def keys(self, views: torch.Tensor) -> torch.Tensor:
+        """Key-branch projections (the momentum copy when there is one), without gradient."""
+        if self.target is None:
+            return self.project(views).detach()
+        return self.target(views)
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        if self.target is not None:
+            m = momentum_at(self.momentum, step / max(1, total_steps), self.momentum_schedule)
+            self.target.update(nn.Sequential(self.backbone, self.projector), m)

@@ -1,0 +1,66 @@
+"""Pretraining optimizers (Adam, AdamW, SGD-Nesterov, LARS) and the per-step learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from relssl.config import OptimConfig
+
+
+def _param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float, exclude_1d: bool) -> list[dict]:
+    """Split parameters into decayed and not-decayed groups (biases and norm scales when `exclude_1d`)."""
+    decay, no_decay = [], []
+    for _, param in named:
+        if not param.requires_grad:
+            continue
+        (no_decay if exclude_1d and param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(opt: OptimConfig, module: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer named in `optim` over the module's trainable parameters.
+
+    LARS is timm's implementation (a well-kept one). As in BYOL / MoCo v3 / RCL, biases and
+    BatchNorm parameters get no weight decay and, because timm only adapts parameters with
+    weight decay, no layer-wise adaptation either (`optim.exclude_bias_norm`, on by default
+    for LARS).
+    """
+    named = list(module.named_parameters())
+    if opt.name == "lars":
+        from timm.optim import Lars
+
+        groups = _param_groups(named, opt.weight_decay, opt.excludes_bias_norm())
+        return Lars(groups, lr=opt.lr, momentum=opt.momentum, trust_coeff=opt.trust_coefficient)
+    groups = _param_groups(named, opt.weight_decay, opt.excludes_bias_norm())
+    if opt.name == "adam":
+        return torch.optim.Adam(groups, lr=opt.lr)
+    if opt.name == "adamw":
+        return torch.optim.AdamW(groups, lr=opt.lr)
+    return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=True)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the base lr at `step` (0-based): linear warm-up, then constant or cosine to 0."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(opt: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule from `optim.schedule` and `optim.warmup_epochs` (paper 2: 10 warm-up epochs, cosine)."""
+    warmup = min(total_steps, round(opt.warmup_epochs * steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, opt.schedule)
+    )
