@@ -46,7 +46,7 @@ def create_method(config: RunConfig, backbone: nn.Module, *, num_images: int, nu
     if name == "rcl":
         from relssl.methods.rcl import RCL
 
-        return RCL.from_config(config.rcl, backbone, num_images=num_images)
+        return RCL.from_config(config.rcl, backbone, num_images=num_images, seed=config.seed)
     if name == "supervised":
         from relssl.methods.supervised import Supervised
 
