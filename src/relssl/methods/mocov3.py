@@ -38,7 +38,8 @@ class MoCoV3(TwoViewMethod):
         offset = rank() * m
         loss = (cross_view_nce(q1, k2, self.temperature, offset) + cross_view_nce(q2, k1, self.temperature, offset))
         loss = loss * self.temperature  # 2 tau * (mean of the two terms)
-        with torch.no_grad():
-            hits = (q1.detach().float() @ k2.float().t()).argmax(1) == torch.arange(m, device=q1.device) + offset
+        with torch.no_grad():  # argmax of the loss's logits, i.e. of cosines (keys are not unit vectors)
+            sims = nn.functional.normalize(q1.detach().float(), dim=1) @ nn.functional.normalize(k2.float(), dim=1).t()
+            hits = sims.argmax(1) == torch.arange(m, device=q1.device) + offset
             acc = hits.float().mean() * 100.0
         return StepOutput(loss=loss, metrics={"pos_acc": acc})

@@ -30,13 +30,15 @@ def build_optimizer(opt: OptimConfig, module: nn.Module) -> torch.optim.Optimize
     LARS is timm's implementation (a well-kept one). As in BYOL / MoCo v3 / RCL, biases and
     BatchNorm parameters get no weight decay and, because timm only adapts parameters with
     weight decay, no layer-wise adaptation either (`optim.exclude_bias_norm`, on by default
-    for LARS).
+    for LARS). The decayed group sets timm's `always_adapt`, so LARS still adapts the weights when
+    `optim.weight_decay` is 0 (otherwise timm would silently run plain SGD with momentum).
     """
     named = list(module.named_parameters())
     if opt.name == "lars":
         from timm.optim import Lars
 
         groups = _param_groups(named, opt.weight_decay, opt.excludes_bias_norm())
+        groups[0]["always_adapt"] = True
         return Lars(groups, lr=opt.lr, momentum=opt.momentum, trust_coeff=opt.trust_coefficient)
     groups = _param_groups(named, opt.weight_decay, opt.excludes_bias_norm())
     if opt.name == "adam":
