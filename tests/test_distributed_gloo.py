@@ -143,9 +143,9 @@ def test_mocov3_positives_are_this_ranks_rows_of_the_gathered_keys(results):
     assert k1.shape == (WORLD * B, 8)
     for r, res in enumerate(results):
         q1, q2 = res["q1"].double().numpy(), res["q2"].double().numpy()
-        ref = TAU * (_ctr(q1, k2, r * B) + _ctr(q2, k1, r * B))
+        ref = 2 * TAU * (_ctr(q1, k2, r * B) + _ctr(q2, k1, r * B))
         assert res["loss"] == pytest.approx(ref, rel=1e-5)
-        wrong = TAU * (_ctr(q1, k2, (1 - r) * B) + _ctr(q2, k1, (1 - r) * B))
+        wrong = 2 * TAU * (_ctr(q1, k2, (1 - r) * B) + _ctr(q2, k1, (1 - r) * B))
         assert abs(res["loss"] - wrong) > 1e-3  # the offset is visible in the loss
         hits = (_unit(q1) @ _unit(k2).T).argmax(1) == np.arange(B) + r * B
         assert res["pos_acc"] == pytest.approx(100.0 * hits.mean())

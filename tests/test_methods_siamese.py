@@ -207,7 +207,7 @@ def test_byol_loss_is_the_sum_of_two_2_minus_2cos_terms():
     assert out.metrics["cosine"].item() == pytest.approx((cos(p1, z2).mean() + cos(p2, z1).mean()) / 2, rel=1e-5)
 
 
-def test_mocov3_loss_is_tau_times_both_in_batch_terms_and_accuracy_uses_cosines():
+def test_mocov3_loss_is_two_tau_times_both_in_batch_terms_and_accuracy_uses_cosines():
     method = _method("mocov3", **{"mocov3.temperature": 0.5})
     views = _views(10)  # view 2 = view 1 + noise, so some queries find their key
     views[M:] = views[:M] + 0.3 * torch.randn(M, 3, 16, 16, generator=torch.Generator().manual_seed(2))
@@ -221,8 +221,8 @@ def test_mocov3_loss_is_tau_times_both_in_batch_terms_and_accuracy_uses_cosines(
         logits = q @ k.T / 0.5
         return np.mean([np.log(np.exp(row).sum()) - row[b] for b, row in enumerate(logits)])
 
-    # mean of the two symmetric terms times 2 tau (= tau * sum)
-    assert out.loss.item() == pytest.approx(0.5 * (ctr(q1, k2) + ctr(q2, k1)), rel=1e-5)
+    # MoCo v3: each symmetric term times 2 tau, summed
+    assert out.loss.item() == pytest.approx(2 * 0.5 * (ctr(q1, k2) + ctr(q2, k1)), rel=1e-5)
     acc = 100.0 * np.mean((q1 @ k2.T).argmax(1) == np.arange(M))
     assert out.metrics["pos_acc"].item() == pytest.approx(acc)
     # keys are not unit vectors: an accuracy from raw dot products would differ here (it used to)

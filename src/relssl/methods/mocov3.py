@@ -16,8 +16,8 @@ from relssl.methods.siamese import TwoViewMethod
 class MoCoV3(TwoViewMethod):
     """q = predictor(projector(backbone(v))); keys from the EMA copy of backbone + projector, gathered over ranks.
 
-    L = ctr(q1, k2) + ctr(q2, k1), ctr the in-batch InfoNCE (`cross_view_nce`) scaled by 2 tau as
-    in the MoCo v3 paper, so the gradient scale does not depend on tau.
+    L = 2 tau (ctr(q1, k2) + ctr(q2, k1)), ctr the in-batch InfoNCE (`cross_view_nce`); the 2 tau
+    factor on each term is the MoCo v3 paper's, so the gradient scale does not depend on tau.
     """
 
     name = "mocov3"
@@ -37,7 +37,7 @@ class MoCoV3(TwoViewMethod):
         k1, k2 = gather_no_grad(self.keys(v1)), gather_no_grad(self.keys(v2))
         offset = rank() * m
         loss = (cross_view_nce(q1, k2, self.temperature, offset) + cross_view_nce(q2, k1, self.temperature, offset))
-        loss = loss * self.temperature  # 2 tau * (mean of the two terms)
+        loss = loss * (2.0 * self.temperature)  # MoCo v3: each term scaled by 2 tau, then summed
         with torch.no_grad():  # argmax of the loss's logits, i.e. of cosines (keys are not unit vectors)
             sims = nn.functional.normalize(q1.detach().float(), dim=1) @ nn.functional.normalize(k2.float(), dim=1).t()
             hits = sims.argmax(1) == torch.arange(m, device=q1.device) + offset
