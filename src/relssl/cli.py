@@ -13,8 +13,10 @@ examples:
   relssl train --config configs/relational_cifar10_conv4.yaml --dataset imagefolder --data-root DIR
   relssl train --resume runs/RUN_DIR             # continue a stopped run (Ctrl-C stops and checkpoints)
   relssl train --set relational.aggregation=max --set optim.lr=3e-4
+  relssl train --config configs/relational_cifar10_conv4.yaml --config configs/eval/linear_paper2.yaml
 
-Config precedence: built-in defaults < --config FILE < named options < --set key=value.
+Config precedence: built-in defaults < --config FILE (repeatable; later files win, section by
+section) < named options < --set key=value.
 Every key and its default: relssl train --print-config.
 """
 
@@ -23,6 +25,7 @@ examples:
   relssl eval linear --checkpoint runs/RUN_DIR --dataset cifar10
   relssl eval linear --checkpoint runs/RUN_DIR/last.pt --dataset imagefolder --data-root DIR
   relssl eval linear --random-init --backbone conv4 --dataset digits
+  relssl eval linear --checkpoint runs/RUN_DIR --eval-config configs/eval/linear_paper2.yaml
 """
 
 # Named train options and the config key each one sets.
@@ -50,7 +53,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "trains Relational Reasoning on scikit-learn's 8x8 digits, which needs no download.",
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="FILE", help="YAML file with any config keys (see configs/)")
+    p.add_argument("--config", metavar="FILE", action="append",
+                   help="YAML file with any config keys (see configs/); repeat to layer files, later ones win, "
+                   "e.g. a run config then configs/eval/linear_paper2.yaml")
     p.add_argument("--method", help="relational (default), simclr, rotnet, deepcluster, dim, supervised")
     p.add_argument("--backbone", help="conv4, resnet8, resnet32, resnet56, resnet18, resnet34, resnet50")
     p.add_argument("--dataset", help="digits, cifar10, cifar100, cifar100-20, stl10, tiny-imagenet, slimagenet64, imagefolder")
@@ -89,9 +94,12 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common_options(lin)
-    lin.add_argument("--epochs", type=int, default=100)
-    lin.add_argument("--lr", type=float, default=1e-3)
-    lin.add_argument("--batch-size", type=int, default=128)
+    lin.add_argument("--eval-config", metavar="FILE",
+                     help="YAML file whose eval: section sets the probe (optimizer, schedule, lr, ...), e.g. "
+                     "configs/eval/linear_paper2.yaml; the options below override it")
+    lin.add_argument("--epochs", type=int, help="default 100 (or the --eval-config file's)")
+    lin.add_argument("--lr", type=float, help="default 1e-3 (or the --eval-config file's)")
+    lin.add_argument("--batch-size", type=int, help="default 128 (or the --eval-config file's)")
     lin.add_argument("--standardize", action="store_true", help="z-score features with train statistics first")
     lin.add_argument("--output", metavar="FILE", help="also write the result as JSON here")
     add_tool_parsers(protocols)
@@ -141,18 +149,24 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def base_config_tree(config_file: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The YAML tree under the overrides: --config FILE, else the quick preset for digits, else defaults.
+def base_config_tree(config_file: str | list[str] | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The YAML tree under the overrides: the --config file(s), else the quick preset for digits, else defaults.
 
-    Without --config on the built-in digits set, the packaged quick preset (K=4, 15 epochs)
-    replaces the paper's schedule so the default run ends in minutes on a CPU.
+    Several files are deep-merged in order (a later file's keys win, sections merge), so an
+    `eval:`-only file such as configs/eval/linear_paper2.yaml layers onto a run config. Without
+    --config on the built-in digits set, the packaged quick preset (K=4, 15 epochs) replaces the
+    paper's schedule so the default run ends in minutes on a CPU.
     """
     from importlib.resources import files
 
+    from relssl.benchmark.grid import deep_merge
     from relssl.config import load_yaml
 
     if config_file:
-        return load_yaml(config_file)
+        tree: dict[str, Any] = {}
+        for path in [config_file] if isinstance(config_file, str) else config_file:
+            tree = deep_merge(tree, load_yaml(path))
+        return tree
     if overrides.get("data.dataset", "digits") == "digits":
         return load_yaml(str(files("relssl") / "presets" / "digits_quick.yaml"))
     return {}
@@ -183,10 +197,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not metrics["finished"]:
         return 130  # stopped by Ctrl-C after checkpointing; the message said how to resume
     print(f"run directory: {run_dir}")
-    if "linear_top1" in metrics:
-        line = f"linear top-1: learned {metrics['linear_top1']:.2f}%"
-        if "random_init_linear_top1" in metrics:
-            line += f", random init {metrics['random_init_linear_top1']:.2f}%"
+    protocol = metrics.get("eval_protocol", "linear")
+    if f"{protocol}_top1" in metrics:
+        line = f"{protocol} top-1: learned {metrics[f'{protocol}_top1']:.2f}%"
+        if f"random_init_{protocol}_top1" in metrics:
+            line += f", random init {metrics[f'random_init_{protocol}_top1']:.2f}%"
         print(line)
     return 0
 

@@ -278,7 +278,13 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """Linear evaluation after pretraining (paper: 100 epochs, Adam 1e-3, batch 128)."""
+    """Evaluation after pretraining: `linear` (paper 1: 100 epochs, Adam 1e-3, batch 128), `finetune` or `semi`.
+
+    The linear probe's optimizer, schedule and lr scaling give paper 2's recipe (RCL §5.2: 90 epochs,
+    LARS, Nesterov momentum 0.9, cosine lr 1 at batch 4096; configs/eval/linear_paper2.yaml). `semi`
+    finetunes the whole network on a class-balanced `label_fraction` of the labelled train split
+    (paper 2, Table 2) with the `finetune.*` settings. See docs/protocols/paper2.md.
+    """
 
     linear: bool = True
     compare_random: bool | None = None  # None: on for the built-in digits set only
@@ -291,7 +297,30 @@ class EvalConfig(_Section):
     feature_batch_size: int = Field(default=512, ge=1)
     dataset: str | None = None  # transfer: evaluate on another dataset than the pretraining one
     root: str | None = None  # data root of eval.dataset
-    protocol: Literal["linear", "finetune"] = "linear"
+    protocol: Literal["linear", "finetune", "semi"] = "linear"
+    optimizer: Literal["adam", "sgd", "lars"] = "adam"  # linear probe; sgd and lars use Nesterov momentum
+    schedule: Literal["constant", "cosine"] = "constant"  # linear probe lr; cosine: annealed to 0 per step
+    momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd / lars only
+    lr_reference_batch: int | None = Field(default=None, ge=1)  # set: eval.lr is the lr at this batch, scaled linearly
+    top5: bool | None = None  # linear top-5: None above 10 classes (paper 1), true above 5, false never
+    label_fraction: float = Field(default=0.01, gt=0, le=1)  # semi: labelled share of every class
+    subset_seed: int = Field(default=0, ge=0)  # semi: seed of the labelled subset (fixed across runs by default)
+
+    @field_validator("optimizer")
+    @classmethod
+    def _lars_available(cls, name: str) -> str:
+        import importlib.util
+
+        if name == "lars" and importlib.util.find_spec("timm") is None:
+            raise ValueError("'lars' uses timm.optim.Lars; install timm (pip install timm) or choose sgd")
+        return name
+
+    @field_validator("momentum")
+    @classmethod
+    def _nesterov_needs_momentum(cls, value: float, info: Any) -> float:  # info: pydantic.ValidationInfo
+        if value == 0 and info.data.get("optimizer") in ("sgd", "lars"):
+            raise ValueError(f"must be > 0 for eval.optimizer={info.data['optimizer']} (Nesterov momentum)")
+        return value
 
 
 class RunConfig(_Section):

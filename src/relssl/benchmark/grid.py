@@ -33,7 +33,7 @@ RANDOM_METHOD = "random"  # the random-init lower bound; derived from another ce
 PREFERRED_DONOR = "relational"  # the method whose run supplies the random-init numbers, when present
 TOP_LEVEL_KEYS = (
     "name", "description", "metric", "base", "scales", "default_scale", "axes", "rows", "columns",
-    "rules", "exclude", "paper", "paper_note",
+    "rules", "exclude", "paper", "paper_note", "baseline",
 )
 SCALE_KEYS = ("axes", "note")  # every other key of a scale is config
 AXIS_VALUE_KEYS = ("label", "title", "value", "set", "metric")
@@ -133,6 +133,7 @@ class Grid:
     excludes: tuple[Matcher, ...] = ()
     paper: dict[str, dict[str, PaperValue | None]] = field(default_factory=dict)
     paper_note: str = ""
+    baseline: tuple[str, str] | None = None  # (axis, label): the report adds the headline metric's drop from it
 
     def axis(self, name: str) -> Axis:
         return next(a for a in self.axes if a.name == name)
@@ -229,6 +230,7 @@ def parse_grid(raw: Mapping[str, Any], path: Path, scale: str | None, environ: M
         metrics=tuple(metrics), base=base, scale_overrides=flatten(scale_tree), axes=tuple(axes),
         rows=rows, columns=columns, rules=rules, excludes=excludes,
         paper_note=_text(raw.get("paper_note", ""), "paper_note", err),
+        baseline=_parse_baseline(raw.get("baseline"), by_name, rows + columns, err),
     )
     return replace(grid, paper=_parse_paper(raw.get("paper", {}), grid, err))
 
@@ -384,6 +386,22 @@ def _parse_matcher(raw: Any, where: str, axes: Mapping[str, Axis], err: _Errors)
                 err.fail(f"{where}.{axis}", f"{label!r} is not a label of axis {axis!r} ({', '.join(axes[axis].labels)})")
         when[str(axis)] = frozenset(labels)
     return Matcher(when)
+
+
+def _parse_baseline(raw: Any, axes: Mapping[str, Axis], table_axes: Sequence[str], err: _Errors
+                    ) -> tuple[str, str] | None:
+    """`baseline: {axis: label}`: one row or column axis and the label every other value is compared with."""
+    if raw is None:
+        return None
+    spec = _mapping(raw, "baseline", err)
+    if len(spec) != 1:
+        err.fail("baseline", "name one axis and its reference label, e.g. {augment: full}")
+    (axis, label), = spec.items()
+    if axis not in table_axes:
+        err.fail(f"baseline.{axis}", f"not a row or column axis of this grid ({', '.join(table_axes)})")
+    if str(label) not in axes[axis].labels:
+        err.fail(f"baseline.{axis}", f"{label!r} is not a label of axis {axis!r} ({', '.join(axes[axis].labels)})")
+    return str(axis), str(label)
 
 
 def _rule_list(raw: Any, err: _Errors) -> list[dict[str, Any]]:

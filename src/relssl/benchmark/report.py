@@ -115,6 +115,9 @@ def markdown_report(grid: Grid, rows: Sequence[Mapping[str, Any]], command: str 
             subset = [r for r in done if all(r[k] == v for k, v in fixed.items())]
             lines += _table(grid, subset, metric, row_labels, col_labels, len(seeds), primary)
             lines.append("")
+            if primary and grid.baseline:
+                lines += _drop_table(grid, subset, row_labels, col_labels, len(seeds))
+                lines.append("")
     lines += [
         (f"Ours: mean ± sample standard deviation (n−1) over seeds {', '.join(seeds)}; (n=k) where only k finished; "
          if len(seeds) > 1 else f"Ours: one run (seed {seeds[0]}); ")
@@ -145,6 +148,33 @@ def _table(grid: Grid, rows: Sequence[Mapping[str, Any]], metric: str, row_label
             cells.append(format_mean_std(values, expected))
             if primary:
                 cells.append(format_paper(grid.paper.get(row, {}).get(col)))
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def _drop_table(grid: Grid, rows: Sequence[Mapping[str, Any]], row_labels: Sequence[str],
+                col_labels: Sequence[str], expected: int) -> list[str]:
+    """The headline metric's drop from the baseline: baseline minus cell, paired by seed, mean ± std."""
+    axis, reference = grid.baseline
+    title = grid.axis(axis).title(reference)
+    value = {(grid.row_label(r), grid.column_label(r), r["seed"]): float(r[r["table_metric"]])
+             for r in rows if r["table_metric"] in r}
+
+    def partner(label: str, axes: Sequence[str]) -> str:
+        parts = label.split("/")
+        return "/".join(reference if a == axis else p for a, p in zip(axes, parts))
+
+    out = [f"Drop from {title} ({axis} = {reference}): its value minus each cell's, per seed; "
+           "positive = worse without it.", ""]
+    out += ["| " + " | ".join([" / ".join(grid.rows), *(table_title(grid, grid.columns, c) for c in col_labels)]) + " |",
+            "|" + "---|" * (1 + len(col_labels))]
+    for row in row_labels:
+        cells = [table_title(grid, grid.rows, row)]
+        for col in col_labels:
+            ref = (partner(row, grid.rows), partner(col, grid.columns))
+            drops = [value[(*ref, seed)] - v for (r, c, seed), v in value.items()
+                     if (r, c) == (row, col) and (*ref, seed) in value]
+            cells.append(format_mean_std(drops, expected))
         out.append("| " + " | ".join(cells) + " |")
     return out
 

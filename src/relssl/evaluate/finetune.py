@@ -39,10 +39,12 @@ def finetune(
     settings: FinetuneSettings = FinetuneSettings(),
     device: torch.device | str = "cpu",
     progress: bool = False,
+    top5: bool | None = None,
 ) -> dict[str, float]:
     """Finetune a copy of `backbone` with a new linear classifier (Adam) and return test top-1 (and top-5).
 
-    The caller's backbone is left untouched. Labels must all be known (no -1).
+    The caller's backbone is left untouched. Labels must all be known (no -1). `top5`: None reports
+    top-5 with more than 10 classes, True with more than 5 (the semi-supervised protocol), False never.
     """
     device = torch.device(device)
     train_labels = np.array(train_labels, dtype=np.int64)  # an owned, writable copy
@@ -72,20 +74,20 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    return _score(model, classifier, test_images, test_labels, num_classes, mean, std, device)
+    return _score(model, classifier, test_images, test_labels, num_classes, mean, std, device, top5=top5)
 
 
 @torch.no_grad()
 def _score(model: nn.Module, classifier: nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int,
-           mean, std, device: torch.device, batch_size: int = 512) -> dict[str, float]:
-    """Top-1 (and top-5 with more than 10 classes) of the finetuned model on a labelled split, in percent."""
+           mean, std, device: torch.device, batch_size: int = 512, top5: bool | None = None) -> dict[str, float]:
+    """Top-1 (and top-5, see `finetune`) of the finetuned model on a labelled split, in percent."""
     model.eval()
     classifier.eval()
     logits = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.array(images[start:start + batch_size], copy=True)).to(device)
         logits.append(classifier(model(to_normalized(batch, mean, std))).float().cpu())
-    ks = (1, 5) if num_classes > 10 else (1,)
+    ks = (1, 5) if (num_classes > 10 if top5 is None else top5 and num_classes > 5) else (1,)
     acc = topk_accuracy(torch.cat(logits), torch.from_numpy(np.array(labels, dtype=np.int64)), ks=ks)
     out = {"top1": acc[1]}
     if 5 in acc:

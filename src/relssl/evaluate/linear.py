@@ -2,22 +2,30 @@
 
 Protocol: features of the labelled train and test splits are extracted once without augmentation;
 a linear layer is trained for 100 epochs with Adam (lr 1e-3, batch 128) and cross-entropy; top-1
-(and top-5 for more than 10 classes) on the test split is the score.
+(and top-5 for more than 10 classes) on the test split is the score. Paper 2's recipe (RCL §5.2:
+90 epochs, LARS with Nesterov momentum 0.9, cosine-annealed lr 1 at batch 4096) is the same probe
+with ``optimizer="lars"``, ``schedule="cosine"`` and ``lr_reference_batch=4096``; see
+docs/protocols/paper2.md.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from relssl.evaluate.metrics import topk_correct
 
-__all__ = ["LinearEvalConfig", "LinearEvalResult", "linear_evaluation"]
+__all__ = ["LINEAR_OPTIMIZERS", "LINEAR_SCHEDULES", "LinearEvalConfig", "LinearEvalResult", "cosine_lr",
+           "linear_evaluation"]
 
 _EVAL_CHUNK = 8192  # rows per forward pass when scoring a split; bounds the (rows, classes) logits
+LINEAR_OPTIMIZERS = ("adam", "sgd", "lars")
+LINEAR_SCHEDULES = ("constant", "cosine")
+LARS_TRUST_COEFF = 1e-3  # timm's default eta, as in SimCLR / BYOL / NNCLR's LARS
 
 
 def _is_int(value: object) -> bool:
@@ -26,10 +34,16 @@ def _is_int(value: object) -> bool:
 
 @dataclass(frozen=True)
 class LinearEvalConfig:
-    """Hyper-parameters of the linear probe; the defaults are the paper's.
+    """Hyper-parameters of the linear probe; the defaults are paper 1's (Adam, constant lr).
 
-    ``weight_decay`` is Adam's L2 term (added to the gradient, as ``torch.optim.Adam`` does).
-    ``standardize`` z-scores every feature with the train split's mean and standard deviation first.
+    ``weight_decay`` is an L2 term added to the gradient (as ``torch.optim.Adam`` / ``SGD`` do); under
+    SGD and LARS the bias gets none. ``standardize`` z-scores every feature with the train split's mean
+    and standard deviation first. ``optimizer``: ``adam`` (paper 1), ``sgd`` (Nesterov momentum) or
+    ``lars`` (``timm.optim.Lars`` with Nesterov momentum; the bias is neither decayed nor adapted).
+    ``momentum`` is used by SGD and LARS only. ``schedule="cosine"`` anneals the lr to 0 over all
+    steps, per step. ``lr_reference_batch``: when set, ``lr`` is the lr at that batch size and is
+    scaled linearly, ``lr * batch_size / lr_reference_batch`` (paper 2: lr 1 at batch 4096).
+    ``top5``: ``None`` reports top-5 above 10 classes (paper 1), ``True`` above 5 classes, ``False`` never.
     """
 
     epochs: int = 100
@@ -38,6 +52,11 @@ class LinearEvalConfig:
     weight_decay: float = 0.0
     standardize: bool = False
     seed: int = 0
+    optimizer: Literal["adam", "sgd", "lars"] = "adam"
+    schedule: Literal["constant", "cosine"] = "constant"
+    momentum: float = 0.9
+    lr_reference_batch: int | None = None
+    top5: bool | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.epochs) or self.epochs < 1:
@@ -53,11 +72,40 @@ class LinearEvalConfig:
             raise ValueError(f"LinearEvalConfig.standardize must be true or false, got {self.standardize!r}")
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"LinearEvalConfig.seed must be a non-negative integer, got {self.seed!r}")
+        if self.optimizer not in LINEAR_OPTIMIZERS:
+            raise ValueError(f"LinearEvalConfig.optimizer must be one of {', '.join(LINEAR_OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
+        if self.schedule not in LINEAR_SCHEDULES:
+            raise ValueError(f"LinearEvalConfig.schedule must be one of {', '.join(LINEAR_SCHEDULES)}, "
+                             f"got {self.schedule!r}")
+        m = self.momentum
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (0 <= m < 1):
+            raise ValueError(f"LinearEvalConfig.momentum must be a number in [0, 1), got {m!r}")
+        if self.optimizer != "adam" and m == 0:
+            raise ValueError(f"LinearEvalConfig.momentum must be > 0 for {self.optimizer} (Nesterov momentum)")
+        ref = self.lr_reference_batch
+        if ref is not None and (not _is_int(ref) or ref < 1):
+            raise ValueError(f"LinearEvalConfig.lr_reference_batch must be a positive integer or None, got {ref!r}")
+        if self.top5 is not None and not isinstance(self.top5, bool):
+            raise ValueError(f"LinearEvalConfig.top5 must be true, false or None, got {self.top5!r}")
+
+    @property
+    def effective_lr(self) -> float:
+        """The lr at the start of training: ``lr``, linearly scaled to ``batch_size`` when a reference is set."""
+        if self.lr_reference_batch is None:
+            return self.lr
+        return self.lr * self.batch_size / self.lr_reference_batch
+
+    def top5_reported(self, num_classes: int) -> bool:
+        """Whether top-5 is measured for this many classes (never for 5 or fewer: it would be 100%)."""
+        if self.top5 is None:
+            return num_classes > 10
+        return self.top5 and num_classes > 5
 
 
 @dataclass
 class LinearEvalResult:
-    """Accuracies in percent; ``top5`` is ``None`` when there are 10 classes or fewer."""
+    """Accuracies in percent; ``top5`` is ``None`` when not reported (see ``LinearEvalConfig.top5``)."""
 
     top1: float
     top5: float | None
@@ -101,9 +149,39 @@ def _standardize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor,
 
 def _adam(params: list[torch.Tensor], config: LinearEvalConfig) -> torch.optim.Adam:
     try:  # the fused kernel had the cheapest step in our CPU timing; torch < 2.4 has it on CUDA only
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+        return torch.optim.Adam(params, lr=config.effective_lr, weight_decay=config.weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, foreach=False)
+        return torch.optim.Adam(params, lr=config.effective_lr, weight_decay=config.weight_decay, foreach=False)
+
+
+def _optimizer(weight: torch.Tensor, bias: torch.Tensor, config: LinearEvalConfig) -> torch.optim.Optimizer:
+    """Paper 1's Adam unchanged; SGD / LARS with Nesterov momentum, the bias out of decay and adaptation.
+
+    timm's Lars adapts a parameter group only when it has weight decay or ``always_adapt``; the
+    weight group sets ``always_adapt`` so LARS stays LARS with no weight decay (paper 2's probe).
+    """
+    if config.optimizer == "adam":
+        return _adam([weight, bias], config)
+    lr = config.effective_lr
+    groups = [{"params": [weight], "weight_decay": config.weight_decay},
+              {"params": [bias], "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=True)
+    try:
+        from timm.optim import Lars
+    except ImportError as err:  # config validation checks this at start-up; here for direct callers
+        raise ImportError("LinearEvalConfig.optimizer='lars' needs timm (pip install timm)") from err
+    groups[0]["always_adapt"] = True
+    return Lars(groups, lr=lr, momentum=config.momentum, nesterov=True, trust_coeff=LARS_TRUST_COEFF)
+
+
+def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
+    """Cosine annealing without warm-up: the lr of update ``step`` (0-based) out of ``total_steps``.
+
+    ``base_lr * (1 + cos(pi * step / total_steps)) / 2``: ``base_lr`` at the first step, decaying
+    towards 0 at the end (torch's ``CosineAnnealingLR`` with ``T_max=total_steps``, ``eta_min=0``).
+    """
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * step / total_steps))
 
 
 @torch.no_grad()
@@ -178,7 +256,9 @@ def linear_evaluation(
     bound = 1.0 / math.sqrt(dim)
     weight = (torch.rand(num_classes, dim, generator=generator) * 2 - 1).mul_(bound).to(device).requires_grad_()
     bias = (torch.rand(num_classes, generator=generator) * 2 - 1).mul_(bound).to(device).requires_grad_()
-    optimizer = _adam([weight, bias], config)
+    optimizer = _optimizer(weight, bias, config)
+    total_steps = config.epochs * math.ceil(n / config.batch_size)
+    step = 0
 
     epochs = tqdm(range(config.epochs), desc="linear eval", disable=not progress, unit="epoch")
     for _ in epochs:
@@ -188,13 +268,17 @@ def linear_evaluation(
             index = order[start : start + config.batch_size]
             x, y = train_x.index_select(0, index), train_y.index_select(0, index)
             logits = _set_cross_entropy_grad(weight, bias, x, y)
+            if config.schedule == "cosine":
+                for group in optimizer.param_groups:
+                    group["lr"] = cosine_lr(config.effective_lr, step, total_steps)
             optimizer.step()
+            step += 1
             if loss_sum is not None:
                 loss_sum += (logits.logsumexp(dim=1) - logits.gather(1, y[:, None]).squeeze(1)).sum()
         if loss_sum is not None:
             epochs.set_postfix(loss=f"{loss_sum.item() / n:.4f}")
 
-    ks = (1, 5) if num_classes > 10 else (1,)
+    ks = (1, 5) if config.top5_reported(num_classes) else (1,)
     test_correct = _count_correct(weight, bias, test_x, test_y, ks)
     train_correct = _count_correct(weight, bias, train_x, train_y, (1,))
     m = test_x.shape[0]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from relssl.augment import to_normalized
+from relssl.config import EvalConfig
 from relssl.data import ImageArrays, load_split
 from relssl.evaluate import FeatureCache, LinearEvalConfig, LinearEvalResult, extract_features, linear_evaluation
 
@@ -72,6 +73,19 @@ def evaluate_linear(
         feats["train"], torch.from_numpy(np.array(data.train.labels, dtype=np.int64)),
         feats["test"], torch.from_numpy(np.array(data.test.labels, dtype=np.int64)),
         config, num_classes=data.train.num_classes, device=device, progress=progress,
+    )
+
+
+def linear_eval_config(ev: EvalConfig, *, standardize: bool | None = None, seed: int = 0) -> LinearEvalConfig:
+    """The linear probe's settings from a run's `eval` config section.
+
+    `standardize` overrides `eval.standardize` (for the extra z-scored report).
+    """
+    return LinearEvalConfig(
+        epochs=ev.epochs, lr=ev.lr, batch_size=ev.batch_size, weight_decay=ev.weight_decay,
+        standardize=ev.standardize if standardize is None else standardize, seed=seed,
+        optimizer=ev.optimizer, schedule=ev.schedule, momentum=ev.momentum,
+        lr_reference_batch=ev.lr_reference_batch, top5=ev.top5,
     )
 
 

@@ -12,11 +12,11 @@ import torch
 from relssl.augment import AugmentConfig
 from relssl.config import RunConfig, build_config
 from relssl.data import ImageArrays, load_split
-from relssl.evaluate import LinearEvalConfig
 from relssl.evaluate.finetune import FinetuneSettings, finetune
+from relssl.evaluate.subset import balanced_subset
 from relssl.methods import create_method
 from relssl.models import create_backbone
-from relssl.train.evaluation import EvalData, evaluate_linear, feature_cache
+from relssl.train.evaluation import EvalData, evaluate_linear, feature_cache, linear_eval_config
 from relssl.train.setup import channel_stats, create_run_dir, resolve_device, seed_everything, write_config, write_json
 from relssl.train.trainer import Trainer
 
@@ -143,7 +143,8 @@ def _evaluation_metrics(config: RunConfig, trainer: Trainer, aug_cfg: AugmentCon
 
     Linear: top-1 on raw features (the paper's protocol) and, with eval.report_standardized,
     on features z-scored with train statistics. Finetune: the whole network trained on the
-    labelled split. eval.dataset (transfer, grain) evaluates on another dataset than pretraining.
+    labelled split; semi: the same on a class-balanced eval.label_fraction of it (paper 2,
+    Table 2). eval.dataset (transfer, grain) evaluates on another dataset than pretraining.
     """
     ev = config.eval
     dataset = ev.dataset or config.data.dataset
@@ -159,27 +160,36 @@ def _evaluation_metrics(config: RunConfig, trainer: Trainer, aug_cfg: AugmentCon
     backbones = {"": trainer.method.backbone}
     if compare_random_enabled(config):
         backbones["random_init_"] = build_backbone(config)
+    train_images, train_labels = data.train.images, data.train.labels
+    ft = config.finetune
+    ft_batch = ft.batch_size
+    if ev.protocol == "semi":
+        index = balanced_subset(np.asarray(train_labels), ev.label_fraction, ev.subset_seed)
+        train_images, train_labels = np.asarray(train_images[index]), np.asarray(train_labels)[index]
+        ft_batch = min(ft.batch_size, len(index))  # 1% of a small split can hold fewer images than a batch
+        out.update(semi_label_fraction=ev.label_fraction, semi_labelled_images=len(index),
+                   semi_subset_seed=ev.subset_seed)
+        log(f"semi-supervised subset: {len(index)} of {len(data.train)} labelled images "
+            f"({ev.label_fraction:g} of every class, subset seed {ev.subset_seed})")
     for prefix, backbone in backbones.items():
         who = "random-init backbone" if prefix else "learned backbone"
-        if ev.protocol == "finetune":
-            ft = config.finetune
+        if ev.protocol in ("finetune", "semi"):
             result = finetune(
-                backbone, data.train.images, data.train.labels, data.test.images, data.test.labels,
+                backbone, train_images, train_labels, data.test.images, data.test.labels,
                 num_classes=data.train.num_classes, mean=aug_cfg.mean, std=aug_cfg.std, device=device,
-                settings=FinetuneSettings(epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, augment=ft.augment,
+                settings=FinetuneSettings(epochs=ft.epochs, lr=ft.lr, batch_size=ft_batch, augment=ft.augment,
                                           seed=config.seed),
-                progress=config.train.progress,
+                progress=config.train.progress, top5=True if ev.protocol == "semi" else None,
             )
-            out.update({f"{prefix}finetune_{k}": v for k, v in result.items()})
-            log(f"finetune evaluation, {who}: top-1 {result['top1']:.2f}%")
+            out.update({f"{prefix}{ev.protocol}_{k}": v for k, v in result.items()})
+            log(f"{ev.protocol} evaluation, {who}: top-1 {result['top1']:.2f}%")
             continue
         tag = "random-init" if prefix else f"learned-step{trainer.state.global_step}"
         variants = [("", ev.standardize)]
         if ev.report_standardized and not ev.standardize:
             variants.append(("std_", True))
         for suffix, standardize in variants:
-            lin_cfg = LinearEvalConfig(epochs=ev.epochs, lr=ev.lr, batch_size=ev.batch_size,
-                                       weight_decay=ev.weight_decay, standardize=standardize, seed=config.seed)
+            lin_cfg = linear_eval_config(ev, standardize=standardize, seed=config.seed)
             result = evaluate_linear(
                 backbone, data, mean=aug_cfg.mean, std=aug_cfg.std, config=lin_cfg, device=device,
                 cache=feature_cache(run_dir), cache_key=f"{tag}-{dataset}", size=aug_cfg.size,
@@ -190,6 +200,10 @@ def _evaluation_metrics(config: RunConfig, trainer: Trainer, aug_cfg: AugmentCon
                 out[f"{prefix}linear_{suffix}top5"] = result.top5
             kind = "standardised" if standardize else "raw"
             log(f"linear evaluation ({kind} features), {who}: top-1 {result.top1:.2f}%")
-    out["linear_protocol"] = {"epochs": ev.epochs, "lr": ev.lr, "batch_size": ev.batch_size,
-                              "standardize": ev.standardize}
+    if ev.protocol == "linear":
+        out["linear_protocol"] = {"epochs": ev.epochs, "lr": ev.lr, "batch_size": ev.batch_size,
+                                  "standardize": ev.standardize, "optimizer": ev.optimizer,
+                                  "schedule": ev.schedule, "effective_lr": linear_eval_config(ev).effective_lr}
+    else:
+        out["finetune_protocol"] = {"epochs": ft.epochs, "lr": ft.lr, "batch_size": ft_batch, "augment": ft.augment}
     return out
