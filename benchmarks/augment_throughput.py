@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -29,37 +28,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from relssl.augment import AugmentConfig, ViewAugment
+from relssl.benchmark.machine import machine_info
 
 SIZE = 32
 
 
 # ---------------------------------------------------------------- setup
-
-
-def machine_info(device: torch.device) -> str:
-    """CPU model, core count, torch version and the device, for the record."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dev = str(device)
-    if device.type == "cuda":
-        dev += f" ({torch.cuda.get_device_name(device)})"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"torch threads {torch.get_num_threads()}, device {dev}, load average {load:.2f}"
-    )
 
 
 def load_images(n: int, seed: int = 0) -> tuple[np.ndarray, str]:

@@ -225,6 +225,31 @@ class NNCLRConfig(_HeadsConfig):
     negatives: Literal["batch", "queue"] = "batch"
 
 
+class RCLConfig(_MomentumConfig):
+    """RCL (Tang et al., 2022) settings; paper defaults unless noted (docs/methods/rcl.md lists every choice)."""
+
+    temperature: float = Field(default=0.1, gt=0)  # tau of Eq. 3
+    queue_size: int = Field(default=98304, ge=1)  # support queue, 1.5 * 2^16
+    warmup_epochs: int = Field(default=10, ge=0)  # epochs of the plain contrastive loss before clustering
+    criteria: Literal["online", "kmeans", "dbscan"] = "online"  # online hierarchy or the offline ablations
+    radii: list[float] = Field(default_factory=lambda: [0.6, 0.7, 0.8])  # DBSCAN eps per level, finest first
+    min_samples: int = Field(default=4, ge=1)
+    kmeans_clusters: list[int] = Field(default_factory=list)  # clusters per level for criteria=kmeans, most first
+    num_predictors: int | None = Field(default=None, ge=1)  # None: one per criterion (H); 1: shared
+    instance_criterion: bool = False  # also use the instance level (column 0) as a criterion
+    hierarchy_options: dict[str, Any] = {}  # further relssl.cluster.OnlineHierarchy options, e.g. merge_threshold
+
+    @model_validator(mode="after")
+    def _levels_fit(self) -> "RCLConfig":
+        if any(not r > 0 for r in self.radii) or sorted(self.radii) != self.radii:
+            raise ValueError(f"rcl.radii must be positive and ascending (finest level first); got {self.radii}")
+        if self.criteria == "kmeans":
+            k = self.kmeans_clusters
+            if not k or any(c < 2 for c in k) or sorted(k, reverse=True) != k:
+                raise ValueError(f"rcl.kmeans_clusters must list >= 2 clusters per level, most first; got {k}")
+        return self
+
+
 class FinetuneConfig(_Section):
     """Finetune protocol: the whole network trained on the labelled split, scored on the test split.
 
@@ -339,6 +364,7 @@ class RunConfig(_Section):
     byol: BYOLConfig = Field(default_factory=BYOLConfig)
     simsiam: SimSiamConfig = Field(default_factory=SimSiamConfig)
     nnclr: NNCLRConfig = Field(default_factory=NNCLRConfig)
+    rcl: RCLConfig = Field(default_factory=RCLConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     augment: AugmentSection = Field(default_factory=AugmentSection)
     optim: OptimConfig = Field(default_factory=OptimConfig)
