@@ -189,8 +189,9 @@ class OnlineHierarchy(ClusterTree):
             return empty
         weights = self._unit_counts(h, units)
         r = self.radii[h - 1]
+        centres = self.centres(h - 1, units)
         owner = assign_to_prototypes(
-            self.centres(h - 1, units), weights.float(), sizes, cutoff=r, min_delta=self.split_scale * r,
+            centres, weights.float(), sizes, cutoff=r, min_delta=self.split_scale * r,
             assign=self.assign, max_units=self.max_units,
         )
         rows = torch.arange(units.numel(), device=self.device)
@@ -200,9 +201,9 @@ class OnlineHierarchy(ClusterTree):
         group_of_row = torch.repeat_interleave(torch.arange(gids.numel(), device=self.device), sizes)
         proto_group = group_of_row[protos]
         # Join parts of one cluster that the merge step would put back together.
-        sums = self._unit_sums(h, units)
-        part_sums = torch.zeros_like(sums).index_add_(0, owner, sums)[protos]
-        pc = F.normalize(part_sums.float(), dim=1, eps=1e-30)
+        vectors = centres if h == 1 else self._sums[h - 2][units].float()
+        members = (owner.unsqueeze(0) == protos.unsqueeze(1)).float()  # (P, U): a matmul is deterministic
+        pc = F.normalize(members @ vectors, dim=1, eps=1e-30)
         close = (pc @ pc.T > self.merge_threshold[h - 1]) & (proto_group.unsqueeze(1) == proto_group.unsqueeze(0))
         close.fill_diagonal_(False)
         a, b = torch.nonzero(close, as_tuple=True)
@@ -240,8 +241,13 @@ class OnlineHierarchy(ClusterTree):
             flag[parent[ids]] = True
             siblings = torch.nonzero(flag[parent.clamp_min(0)] & (parent >= 0)).flatten()
             sib_parent = parent[siblings]
-        else:  # top level: every cluster is a sibling (the root is the whole data set)
-            siblings = torch.nonzero(self._counts[h - 1] > 0).flatten()
+        else:
+            # Top level: the root is the whole data set. Candidates are the touched clusters and
+            # every cluster of >= min_samples samples (dense enough to be a DBSCAN cluster);
+            # smaller untouched ones (mostly DBSCAN noise singletons) wait until touched.
+            big = self._counts[h - 1] >= self.min_samples
+            big[ids] = True
+            siblings = torch.nonzero(big).flatten()
             sib_parent = torch.zeros_like(siblings)
         if siblings.numel() < 2:
             return 0

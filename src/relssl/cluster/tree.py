@@ -42,6 +42,8 @@ class ClusterTree:
         self._parent = [torch.arange(n, device=self.device) for _ in range(k)]
         self._counts: list[torch.Tensor] = [torch.ones(n, dtype=torch.long, device=self.device) for _ in range(k)]
         self._sums: list[torch.Tensor] = []
+        self._centres: list[torch.Tensor] = []  # unit-norm float32 centres, recomputed when dirty
+        self._dirty: list[torch.Tensor] = []
         self._stale: list[torch.Tensor] = [torch.zeros(n, dtype=torch.long, device=self.device) for _ in range(k)]
         self.bank: torch.Tensor | None = None
         self._labels: torch.Tensor | None = None
@@ -87,7 +89,13 @@ class ClusterTree:
         ids = torch.as_tensor(cluster_ids, device=self.device).long()
         if level == 0:
             return self.bank[ids]
-        return F.normalize(self._sums[level - 1][ids].float(), dim=1, eps=1e-30)
+        dirty = self._dirty[level - 1]
+        stale_rows = ids[dirty[ids]]
+        if stale_rows.numel():
+            # Row-wise, so a row's value does not depend on which other rows are recomputed.
+            self._centres[level - 1][stale_rows] = F.normalize(self._sums[level - 1][stale_rows].float(), dim=1, eps=1e-30)
+            dirty[stale_rows] = False
+        return self._centres[level - 1][ids]
 
     def reset(self, bank: torch.Tensor, labels: torch.Tensor) -> None:
         """Start from unit features (N, d) and nested labels (N, L), ids in [0, N).
@@ -108,6 +116,7 @@ class ClusterTree:
         self.bank = bank.contiguous()
         q = quantize(self.bank)
         self._parent, self._counts, self._sums = [], [], []
+        self._init_centres(q.shape[1])
         self._stale = [torch.zeros(n, dtype=torch.long, device=self.device) for _ in range(1, self.num_levels)]
         for h in range(1, self.num_levels):
             parent = torch.full((n,), -1, dtype=torch.long, device=self.device)
@@ -128,6 +137,7 @@ class ClusterTree:
         ones = torch.ones_like(idx)
         for h in range(1, self.num_levels):
             self._sums[h - 1].index_add_(0, batch[:, h], delta)
+            self._dirty[h - 1][batch[:, h]] = True
             self._stale[h - 1].index_add_(0, batch[:, h], ones)
         self._labels = None
         return batch
@@ -244,9 +254,16 @@ class ClusterTree:
         self._counts = [c.to(self.device).clone() for c in counts]
         self._stale = [c.to(self.device).clone() for c in stale]
         self._sums = [s.to(self.device).clone() for s in sums] if initialized else []
+        self._init_centres(d if initialized else 0)
         self._labels = None
 
     # ------------------------------------------------------------------ internals
+
+    def _init_centres(self, d: int) -> None:
+        """Empty centre cache, every row dirty (centres are recomputed from the sums on use)."""
+        n, k = self.num_samples, self.num_levels - 1
+        self._centres = [torch.zeros(n, d, device=self.device) for _ in range(k)] if d else []
+        self._dirty = [torch.ones(n, dtype=torch.bool, device=self.device) for _ in range(k)] if d else []
 
     def _children_mask(self, h: int, ids: torch.Tensor) -> torch.Tensor:
         """(N,) mask of the level-(h-1) clusters whose parent is in `ids`."""
@@ -277,6 +294,8 @@ class ClusterTree:
             return
         sums, counts = self._unit_sums(h, units), self._unit_counts(h, units)
         self._sums[h - 1].index_add_(0, targets, sums).index_add_(0, source, -sums)
+        self._dirty[h - 1][targets] = True
+        self._dirty[h - 1][source] = True
         self._counts[h - 1].index_add_(0, targets, counts).index_add_(0, source, -counts)
         self._parent[h - 1][units] = targets
         if h < self.num_levels - 1:
