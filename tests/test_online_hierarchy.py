@@ -171,6 +171,9 @@ def test_default_radii_follow_the_paper():
     assert OnlineHierarchy(10, 3).radii == (0.6, 0.8)
     assert OnlineHierarchy(10, 2).radii == (0.7,)
     assert OnlineHierarchy(10, 1).radii == ()
+    # sigma_m defaults to "centres closer than the level's radius": cos > 1 - r^2 / 2
+    assert OnlineHierarchy(10, 4).merge_threshold == pytest.approx((0.82, 0.755, 0.68))
+    assert OnlineHierarchy(10, 3, merge_threshold=0.9).merge_threshold == (0.9, 0.9)
 
 
 def test_calls_before_initialize_and_bad_batches():

@@ -60,7 +60,7 @@ class OnlineHierarchy(ClusterTree):
         *,
         radii: Sequence[float] | None = None,
         min_samples: int = 4,
-        merge_threshold: float | Sequence[float] = 0.9,
+        merge_threshold: float | Sequence[float] | None = None,
         split_scale: float = 1.0,
         assign: str = "nearest",
         feature_momentum: float = 0.0,
@@ -76,6 +76,9 @@ class OnlineHierarchy(ClusterTree):
         if len(self.radii) != k:
             raise ValueError(f"radii must have num_levels - 1 = {k} values (levels 1..{k}); got {self.radii}")
         self.min_samples = positive_int("min_samples", min_samples)
+        # Default: centres closer than the level's DBSCAN radius, cos > 1 - r^2 / 2 (0.82 / 0.755 / 0.68).
+        if merge_threshold is None:
+            merge_threshold = tuple(1.0 - r * r / 2.0 for r in self.radii)
         self.merge_threshold = _per_level("merge_threshold", merge_threshold, k, -1.0, 1.0)
         if not (isinstance(split_scale, (int, float)) and math.isfinite(split_scale) and split_scale > 0):
             raise ValueError(f"split_scale must be a finite float > 0; got {split_scale!r}")
