@@ -73,6 +73,21 @@ class RCL(TwoViewMethod):
         if not levels:
             key = "rcl.kmeans_clusters" if criteria == "kmeans" else "rcl.radii"
             raise ValueError(f"{key} must list at least one clustering level")
+        # Validate the levels now: the clustering itself only starts after the warm-up epochs.
+        if criteria == "kmeans" and (any(b >= a for a, b in zip(levels, levels[1:])) or levels[0] > num_images):
+            raise ValueError(f"rcl.kmeans_clusters must decrease strictly (most clusters first) and not exceed "
+                             f"the {num_images} training images; got {levels}")
+        if criteria != "kmeans":
+            from relssl.cluster.offline import check_radii
+
+            check_radii(radii, name="rcl.radii")
+        if criteria == "online":  # a throw-away 1-sample hierarchy checks rcl.hierarchy_options
+            from relssl.cluster import OnlineHierarchy
+
+            try:
+                OnlineHierarchy(1, 1 + len(levels), radii=radii, min_samples=min_samples, **(hierarchy_options or {}))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"rcl.hierarchy_options: {err}") from None
         self.num_levels = 1 + len(levels)  # column 0: every image its own cluster
         self.criteria_columns = list(range(0 if instance_criterion else 1, self.num_levels))
         h = len(self.criteria_columns)
@@ -140,6 +155,7 @@ class RCL(TwoViewMethod):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         saved = (state or {}).get("hierarchy")
+        self.hierarchy = None  # a checkpoint from before the clustering must not keep a stale hierarchy
         if saved is not None:
             self.hierarchy = self._new_hierarchy()
             self.hierarchy.load_state_dict(saved)
