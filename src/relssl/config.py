@@ -241,12 +241,19 @@ class RCLConfig(_MomentumConfig):
 
     @model_validator(mode="after")
     def _levels_fit(self) -> "RCLConfig":
-        if any(not r > 0 for r in self.radii) or sorted(self.radii) != self.radii:
-            raise ValueError(f"rcl.radii must be positive and ascending (finest level first); got {self.radii}")
+        r = self.radii
+        if not r or any(not 0 < x <= 2 for x in r) or any(b <= a for a, b in zip(r, r[1:])):
+            raise ValueError(f"rcl.radii must be in (0, 2] (unit-sphere distances), strictly ascending "
+                             f"(finest level first); got {r}")
+        levels = len(r)
         if self.criteria == "kmeans":
             k = self.kmeans_clusters
-            if not k or any(c < 2 for c in k) or sorted(k, reverse=True) != k:
-                raise ValueError(f"rcl.kmeans_clusters must list >= 2 clusters per level, most first; got {k}")
+            if not k or any(c < 2 for c in k) or any(b >= a for a, b in zip(k, k[1:])):
+                raise ValueError(f"rcl.kmeans_clusters must list >= 2 clusters per level, strictly decreasing; got {k}")
+            levels = len(k)
+        h = levels + int(self.instance_criterion)
+        if self.num_predictors not in (None, 1, h):
+            raise ValueError(f"rcl.num_predictors must be 1 (shared) or H={h} (one per criterion); got {self.num_predictors}")
         return self
 
 
