@@ -58,10 +58,14 @@ def clustered_features(n: int, dim: int, seed: int) -> torch.Tensor:
     """Unit vectors in nested blobs (10 coarse centres, 10 fine centres each), a stand-in for trained keys."""
     gen = torch.Generator().manual_seed(seed)
     unit = torch.nn.functional.normalize
+
+    def noise(rows: int, scale: float) -> torch.Tensor:  # offsets of about `scale` in norm
+        return scale * torch.randn(rows, dim, generator=gen) / dim**0.5
+
     coarse = unit(torch.randn(10, dim, generator=gen), dim=1)
-    fine = unit(coarse.repeat_interleave(10, 0) + 2.0 * torch.randn(100, dim, generator=gen) / dim**0.5, dim=1)
+    fine = unit(coarse.repeat_interleave(10, 0) + noise(100, 0.35), dim=1)
     which = torch.randint(0, 100, (n,), generator=gen)
-    return unit(fine[which] + 1.0 * torch.randn(n, dim, generator=gen) / dim**0.5, dim=1)
+    return unit(fine[which] + noise(n, 0.15), dim=1)
 
 
 def build(method: str, args: argparse.Namespace, num_images: int):
