@@ -56,7 +56,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", action="append",
                    help="YAML file with any config keys (see configs/); repeat to layer files, later ones win, "
                    "e.g. a run config then configs/eval/linear_paper2.yaml")
-    p.add_argument("--method", help="relational (default), simclr, rotnet, deepcluster, dim, supervised")
+    p.add_argument("--method", help="relational (default), simclr, rotnet, deepcluster, dim, supervised "
+                   "(paper 1); rcl, mocov2, mocov3, byol, simsiam, nnclr (paper 2)")
     p.add_argument("--backbone", help="conv4, resnet8, resnet32, resnet56, resnet18, resnet34, resnet50")
     p.add_argument("--dataset", help="digits, cifar10, cifar100, cifar100-20, stl10, tiny-imagenet, slimagenet64, imagefolder")
     p.add_argument("--data-root", metavar="DIR", help="dataset folder (default ./data/<dataset>)")
