@@ -67,27 +67,7 @@ class RCL(TwoViewMethod):
     ) -> None:
         super().__init__(backbone, projector_hidden, projector_dim, predictor_hidden=None, momentum=momentum,
                          momentum_schedule=momentum_schedule)
-        if criteria not in CRITERIA_SOURCES:
-            raise ValueError(f"rcl.criteria must be one of {', '.join(CRITERIA_SOURCES)}; got {criteria!r}")
-        levels = list(kmeans_clusters) if criteria == "kmeans" else list(radii)
-        if not levels:
-            key = "rcl.kmeans_clusters" if criteria == "kmeans" else "rcl.radii"
-            raise ValueError(f"{key} must list at least one clustering level")
-        # Validate the levels now: the clustering itself only starts after the warm-up epochs.
-        if criteria == "kmeans" and (any(b >= a for a, b in zip(levels, levels[1:])) or levels[0] > num_images):
-            raise ValueError(f"rcl.kmeans_clusters must decrease strictly (most clusters first) and not exceed "
-                             f"the {num_images} training images; got {levels}")
-        if criteria != "kmeans":
-            from relssl.cluster.offline import check_radii
-
-            check_radii(radii, name="rcl.radii")
-        if criteria == "online":  # a throw-away 1-sample hierarchy checks rcl.hierarchy_options
-            from relssl.cluster import OnlineHierarchy
-
-            try:
-                OnlineHierarchy(1, 1 + len(levels), radii=radii, min_samples=min_samples, **(hierarchy_options or {}))
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"rcl.hierarchy_options: {err}") from None
+        levels = _clustering_levels(criteria, radii, kmeans_clusters, min_samples, hierarchy_options, num_images)
         self.num_levels = 1 + len(levels)  # column 0: every image its own cluster
         self.criteria_columns = list(range(0 if instance_criterion else 1, self.num_levels))
         h = len(self.criteria_columns)
@@ -195,3 +175,29 @@ class RCL(TwoViewMethod):
         clusters_top = torch.unique(top).numel() if bool(self.clustered) else self.num_images
         return StepOutput(loss=loss, metrics={"positive_rate": (rate_a + rate_b) * 50.0,
                                               "clusters_top": torch.tensor(float(clusters_top))})
+
+
+def _clustering_levels(criteria: str, radii: Sequence[float], kmeans_clusters: Sequence[int], min_samples: int,
+                       hierarchy_options: dict[str, Any] | None, num_images: int) -> list:
+    """The per-level settings (radii or k-means counts), checked now: clustering only starts after the warm-up."""
+    if criteria not in CRITERIA_SOURCES:
+        raise ValueError(f"rcl.criteria must be one of {', '.join(CRITERIA_SOURCES)}; got {criteria!r}")
+    levels = list(kmeans_clusters) if criteria == "kmeans" else list(radii)
+    if not levels:
+        key = "rcl.kmeans_clusters" if criteria == "kmeans" else "rcl.radii"
+        raise ValueError(f"{key} must list at least one clustering level")
+    if criteria == "kmeans" and (any(b >= a for a, b in zip(levels, levels[1:])) or levels[0] > num_images):
+        raise ValueError(f"rcl.kmeans_clusters must decrease strictly (most clusters first) and not exceed "
+                         f"the {num_images} training images; got {levels}")
+    if criteria != "kmeans":
+        from relssl.cluster.offline import check_radii
+
+        check_radii(radii, name="rcl.radii")
+    if criteria == "online":  # a throw-away 1-sample hierarchy checks rcl.hierarchy_options
+        from relssl.cluster import OnlineHierarchy
+
+        try:
+            OnlineHierarchy(1, 1 + len(levels), radii=radii, min_samples=min_samples, **(hierarchy_options or {}))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"rcl.hierarchy_options: {err}") from None
+    return levels
