@@ -1,14 +1,13 @@
 """Two CPU processes on the gloo backend: the queue is identical on every rank, gathered gradients reach the
 local slice, and MoCo v3's in-batch positives sit at this rank's rows of the gathered keys."""
 
-import time
 from datetime import timedelta
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_spawn import run_ranks
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -80,14 +79,7 @@ def _worker(rank, init_file, out_dir):
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gloo")
-    ctx = mp.start_processes(_worker, args=(tmp / "init", tmp), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the two gloo processes did not finish within 120 s")
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_ranks(_worker, tmp, WORLD)
 
 
 def _unit(x):

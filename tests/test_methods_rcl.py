@@ -5,14 +5,13 @@ hierarchy, gradients, the offline criteria ablations, checkpoints, two gloo rank
 import csv
 import functools
 import json
-import time
 from datetime import timedelta
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_spawn import run_ranks
 
 from relssl.augment import to_normalized
 from relssl.cluster import OnlineHierarchy, dbscan_levels, kmeans_levels
@@ -584,14 +583,7 @@ def gloo_results(tmp_path_factory):
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with the gloo backend is not available in this PyTorch build")
     tmp = tmp_path_factory.mktemp("rcl_gloo")
-    ctx = mp.start_processes(_gloo_worker, args=(tmp / "init", tmp), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the two gloo processes did not finish within 120 s")
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_ranks(_gloo_worker, tmp, WORLD)
 
 
 def test_cluster_labels_and_queue_are_identical_on_every_rank_after_every_step(gloo_results):
