@@ -10,6 +10,7 @@ docs/protocols/paper2.md.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -18,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relssl.evaluate.metrics import topk_correct
+from relssl.train.optim import lars, lr_factor
 
 __all__ = ["LINEAR_OPTIMIZERS", "LINEAR_SCHEDULES", "LinearEvalConfig", "LinearEvalResult", "cosine_lr",
            "linear_evaluation"]
@@ -167,12 +169,9 @@ def _optimizer(weight: torch.Tensor, bias: torch.Tensor, config: LinearEvalConfi
               {"params": [bias], "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=True)
-    try:
-        from timm.optim import Lars
-    except ImportError as err:  # config validation checks this at start-up; here for direct callers
-        raise ImportError("LinearEvalConfig.optimizer='lars' needs timm (pip install timm)") from err
-    groups[0]["always_adapt"] = True
-    return Lars(groups, lr=lr, momentum=config.momentum, nesterov=True, trust_coeff=LARS_TRUST_COEFF)
+    if importlib.util.find_spec("timm") is None:  # config validation checks this at start-up; here for direct callers
+        raise ImportError("LinearEvalConfig.optimizer='lars' needs timm (pip install timm)")
+    return lars(groups, lr=lr, momentum=config.momentum, nesterov=True, trust_coeff=LARS_TRUST_COEFF)
 
 
 def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
@@ -181,7 +180,7 @@ def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
     ``base_lr * (1 + cos(pi * step / total_steps)) / 2``: ``base_lr`` at the first step, decaying
     towards 0 at the end (torch's ``CosineAnnealingLR`` with ``T_max=total_steps``, ``eta_min=0``).
     """
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * step / total_steps))
+    return base_lr * lr_factor(step, total_steps, warmup_steps=0, schedule="cosine")
 
 
 @torch.no_grad()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from relssl.config import OptimConfig
+if TYPE_CHECKING:  # at run time only the type is needed; keeps this module importable from relssl.evaluate
+    from relssl.config import OptimConfig
 
 
 def _param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float, exclude_1d: bool) -> list[dict]:
@@ -33,19 +35,26 @@ def build_optimizer(opt: OptimConfig, module: nn.Module) -> torch.optim.Optimize
     for LARS). The decayed group sets timm's `always_adapt`, so LARS still adapts the weights when
     `optim.weight_decay` is 0 (otherwise timm would silently run plain SGD with momentum).
     """
-    named = list(module.named_parameters())
+    groups = _param_groups(module.named_parameters(), opt.weight_decay, opt.excludes_bias_norm())
     if opt.name == "lars":
-        from timm.optim import Lars
-
-        groups = _param_groups(named, opt.weight_decay, opt.excludes_bias_norm())
-        groups[0]["always_adapt"] = True
-        return Lars(groups, lr=opt.lr, momentum=opt.momentum, trust_coeff=opt.trust_coefficient)
-    groups = _param_groups(named, opt.weight_decay, opt.excludes_bias_norm())
+        return lars(groups, lr=opt.lr, momentum=opt.momentum, trust_coeff=opt.trust_coefficient)
     if opt.name == "adam":
         return torch.optim.Adam(groups, lr=opt.lr)
     if opt.name == "adamw":
         return torch.optim.AdamW(groups, lr=opt.lr)
     return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=True)
+
+
+def lars(groups: list[dict], *, lr: float, momentum: float, trust_coeff: float, nesterov: bool = False):
+    """timm's LARS in which the first group (the weights) is always adapted, the others (biases, norms) never.
+
+    timm adapts a group only when it has weight decay or `always_adapt`; without the flag a run
+    with weight decay 0 would silently be SGD with momentum.
+    """
+    from timm.optim import Lars
+
+    groups = [dict(g, always_adapt=(i == 0)) for i, g in enumerate(groups)]
+    return Lars(groups, lr=lr, momentum=momentum, nesterov=nesterov, trust_coeff=trust_coeff)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
