@@ -78,8 +78,7 @@ def _step(method, seed, indices=None, close=False):
 
 
 def _set_hand_labels(method, labels=HAND_LABELS):
-    method.level_labels.copy_(torch.from_numpy(labels))
-    method.clustered.fill_(True)
+    method.set_level_labels(torch.from_numpy(labels))
 
 
 def _unit(x):

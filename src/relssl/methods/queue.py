@@ -25,17 +25,25 @@ class FeatureQueue(nn.Module):
         self.register_buffer("indices", torch.full((size,), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        # Host copies of ptr/count, so a training step never waits on the device to read them;
+        # the buffers stay the checkpointed truth and refresh these on load.
+        self._ptr = 0
+        self._count = 0
+        self.register_load_state_dict_post_hook(lambda module, _: module._read_pointers())
+
+    def _read_pointers(self) -> None:
+        self._ptr, self._count = int(self.ptr), int(self.count)
 
     def __len__(self) -> int:
-        return int(self.count)
+        return self._count
 
     def features(self) -> torch.Tensor:
         """The filled rows (count, dim), oldest position first in storage order."""
-        return self.keys[: int(self.count)]
+        return self.keys[: self._count]
 
     def sample_indices(self) -> torch.Tensor:
         """Dataset index of every filled row (count,)."""
-        return self.indices[: int(self.count)]
+        return self.indices[: self._count]
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor, indices: torch.Tensor) -> None:
@@ -47,8 +55,9 @@ class FeatureQueue(nn.Module):
         if keys.shape[0] > self.size:  # a batch larger than the queue keeps its newest rows
             keys, indices = keys[-self.size :], indices[-self.size :]
         n = keys.shape[0]
-        pos = (int(self.ptr) + torch.arange(n, device=self.keys.device)) % self.size
+        pos = (self._ptr + torch.arange(n, device=self.keys.device)) % self.size
         self.keys[pos] = keys.to(self.keys.dtype)
         self.indices[pos] = indices
-        self.ptr.fill_((int(self.ptr) + n) % self.size)
-        self.count.fill_(min(self.size, int(self.count) + n))
+        self._ptr, self._count = (self._ptr + n) % self.size, min(self.size, self._count + n)
+        self.ptr.fill_(self._ptr)
+        self.count.fill_(self._count)

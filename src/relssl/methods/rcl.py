@@ -91,6 +91,22 @@ class RCL(TwoViewMethod):
         self.register_buffer("level_labels", torch.arange(num_images).unsqueeze(1).repeat(1, self.num_levels))
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
         self.hierarchy = None  # OnlineHierarchy, created at the end of the warm-up
+        # Host copies read every step (no device sync); refreshed from the buffers on load.
+        self._clustered = False
+        self._clusters_top = num_images
+        self.register_load_state_dict_post_hook(lambda module, _: module._read_clustering_state())
+
+    def _read_clustering_state(self) -> None:
+        self._clustered = bool(self.clustered)
+        self._clusters_top = self._count_top_clusters()
+
+    def _count_top_clusters(self) -> int:
+        """Clusters at the coarsest level (the hierarchy keeps the counts; offline labels are counted)."""
+        if not self._clustered:
+            return self.num_images
+        if self.hierarchy is not None:
+            return self.hierarchy.num_clusters[-1]
+        return int(torch.unique(self.level_labels[:, -1]).numel())
 
     @classmethod
     def from_config(cls, cfg: "RCLConfig", backbone: nn.Module, *, num_images: int, seed: int = 0) -> "RCL":
@@ -108,7 +124,7 @@ class RCL(TwoViewMethod):
     def on_epoch_start(self, context: EpochContext) -> None:
         if context.epoch < self.warmup_epochs:
             return
-        if self.criteria == "online" and bool(self.clustered):
+        if self.criteria == "online" and self._clustered:
             return  # the online hierarchy is built once, then refined every step
         encoder = self.target.target if self.target is not None else nn.Sequential(self.backbone, self.projector)
         keys = extract_features(encoder, context.images, normalize=context.normalize, device=context.device,
@@ -126,9 +142,15 @@ class RCL(TwoViewMethod):
             from relssl.cluster import dbscan_levels
 
             labels = dbscan_levels(keys, self.radii, self.min_samples)
-        labels = labels[0] if isinstance(labels, tuple) else labels
+        self.set_level_labels(labels[0] if isinstance(labels, tuple) else labels)
+
+    @torch.no_grad()
+    def set_level_labels(self, labels: torch.Tensor) -> None:
+        """Use these nested (N, L) labels as the criteria from now on (column 0 = instances)."""
         self.level_labels.copy_(labels.to(self.level_labels.device))
         self.clustered.fill_(True)
+        self._clustered = True
+        self._clusters_top = self._count_top_clusters()
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"hierarchy": self.hierarchy.state_dict() if self.hierarchy is not None else None}
@@ -147,7 +169,7 @@ class RCL(TwoViewMethod):
 
     def _relative_term(self, qs: list[torch.Tensor], key: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         support = self.queue.features()
-        if bool(self.clustered) and len(support):
+        if self._clustered and len(support):
             z_prime, rows = nearest_in_queue(key, self.queue)
             cols = self.level_labels[:, self.criteria_columns]
             positive = cols[indices] == cols[self.queue.sample_indices()[rows]]
@@ -171,10 +193,9 @@ class RCL(TwoViewMethod):
             all_keys = gather_no_grad(nn.functional.normalize(k1.float(), dim=1))
             self.hierarchy.update(all_indices, all_keys)
             self.level_labels.copy_(self.hierarchy.labels)
-        top = self.level_labels[:, -1]
-        clusters_top = torch.unique(top).numel() if bool(self.clustered) else self.num_images
+            self._clusters_top = self.hierarchy.num_clusters[-1]
         return StepOutput(loss=loss, metrics={"positive_rate": (rate_a + rate_b) * 50.0,
-                                              "clusters_top": torch.tensor(float(clusters_top))})
+                                              "clusters_top": torch.tensor(float(self._clusters_top))})
 
 
 def _clustering_levels(criteria: str, radii: Sequence[float], kmeans_clusters: Sequence[int], min_samples: int,

@@ -47,5 +47,4 @@ class MomentumCopy(nn.Module):
         if len(target_params) != len(online_params):
             raise ValueError("MomentumCopy.update: online module does not match the target's architecture")
         torch._foreach_lerp_(target_params, [p.detach() for p in online_params], 1.0 - momentum)
-        for t_buf, o_buf in zip(self.target.buffers(), online.buffers()):
-            t_buf.copy_(o_buf)
+        torch._foreach_copy_(list(self.target.buffers()), list(online.buffers()))
