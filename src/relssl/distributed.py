@@ -1,9 +1,25 @@
-"""Process-group helpers that are no-ops without torch.distributed, so single-process code stays plain."""
+"""Device and process-group helpers; the latter are no-ops without torch.distributed, so single-process code stays plain."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather
+
+from relssl.errors import ConfigError
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` picks CUDA when available, else CPU; anything else is passed to torch.device."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"train.device={spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={spec!r} but no CUDA device is available; use --set train.device=cpu")
+    return device
 
 
 def is_distributed() -> bool:
@@ -39,8 +55,6 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Like `gather_no_grad`, but gradients flow back to the local slice (torch.distributed.nn)."""
     if not is_distributed():
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
     return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 

@@ -1,17 +1,30 @@
-"""Which exceptions are the user's to fix (shown as one line) rather than bugs (shown as a traceback)."""
+"""The exceptions relssl raises for problems the user can fix.
+
+Every one of them derives from `RelsslError`: the command line prints its message as one line
+and exits with status 2. Any other exception is a bug in relssl (or in a plugin) and keeps its
+traceback (exit status 1). Messages name the key, file or folder at fault and the fix.
+"""
 
 from __future__ import annotations
 
-import os
+__all__ = ["CheckpointError", "ConfigError", "DataError", "NonFiniteLossError", "RelsslError"]
 
-from relssl.config import ConfigError
-from relssl.data import DataError
-from relssl.train.checkpoint import CheckpointError
-from relssl.train.logger import NonFiniteLossError
 
-# ValueError covers option validation in the library's constructors. Set RELSSL_DEBUG=1 to
-# see the traceback of any of these instead of the one-line message.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    () if os.environ.get("RELSSL_DEBUG") else
-    (ConfigError, DataError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError)
-)
+class RelsslError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class ConfigError(RelsslError, ValueError):
+    """A bad configuration value or option; the message names the key and what is allowed."""
+
+
+class DataError(RelsslError, ValueError):
+    """Bad or missing input data; the message names the file, folder or key at fault and the fix."""
+
+
+class CheckpointError(RelsslError, RuntimeError):
+    """A checkpoint that is missing, unreadable or from an incompatible run."""
+
+
+class NonFiniteLossError(RelsslError, RuntimeError):
+    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""

@@ -33,7 +33,7 @@ parameters at once, ``ops.py`` has the batched functional ops, ``views.py`` puts
 # jitter order runs each op on quarter-size slices (~4x more kernel calls), so it suffers
 # more there than AugmentConfig(jitter_order="fixed").
 
-from .config import AugmentConfig
-from .views import ViewAugment, to_normalized
+from relssl.augment.config import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig
+from relssl.augment.views import ViewAugment, to_normalized
 
-__all__ = ["AugmentConfig", "ViewAugment", "to_normalized"]
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "AugmentConfig", "ViewAugment", "to_normalized"]

@@ -34,9 +34,9 @@ class ViewAugment(torch.nn.Module):
     between them), and resizing is bilinear without antialiasing (see ``ops.crop_resize_flip``).
     """
 
-    def __init__(self, config: AugmentConfig = AugmentConfig()) -> None:
+    def __init__(self, config: AugmentConfig | None = None) -> None:
         super().__init__()
-        self.config = config
+        self.config = config if config is not None else AugmentConfig()
 
     def forward(self, images: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
         """uint8 images (B, H, W, 3) or (B, 3, H, W) -> float (k*B, 3, size, size), view-major.
@@ -80,7 +80,7 @@ class ViewAugment(torch.nn.Module):
             perm, p = perm[regroup], p.take(regroup)
         if cfg.gray_p > 0:
             ops.random_grayscale_(views, p.gray)
-        ops.normalize_(views, cfg.mean, cfg.std)
+        ops.normalize_(views, *cfg.normalization())
         out.index_copy_(0, perm, views)
 
     def extra_repr(self) -> str:

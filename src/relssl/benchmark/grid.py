@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from relssl.config import ConfigError
+from relssl.errors import ConfigError
 
 # Axes whose plain values set a known config key; any other axis names its key or uses {label, set}.
 DEFAULT_AXIS_KEYS: dict[str, str] = {

@@ -15,7 +15,7 @@ from typing import Any
 
 from relssl.benchmark.formatting import NOT_RUN, UNKNOWN, format_mean_std, format_paper
 from relssl.benchmark.grid import Grid, table_labels, table_title
-from relssl.benchmark.runner import PlannedCell, flat_metrics, read_metrics
+from relssl.benchmark.cells import PlannedCell, flat_metrics, read_metrics
 
 RANDOM_PREFIX = "random_init_"
 ID_FIELDS = ("grid", "scale", "cell_id", "run_name")

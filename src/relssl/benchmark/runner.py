@@ -10,7 +10,6 @@ stale numbers with new ones.
 from __future__ import annotations
 
 import fnmatch
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +19,15 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from relssl.benchmark.cells import PlannedCell, flat_metrics, grid_dir, read_metrics
 from relssl.benchmark.formatting import format_paper, format_value
-from relssl.benchmark.grid import Cell, Grid, flatten
-from relssl.config import ConfigError, RunConfig, build_config
+from relssl.benchmark.grid import Cell, Grid
+from relssl.benchmark.report import write_reports
+from relssl.dicts import flatten
+from relssl.errors import CheckpointError, ConfigError
+from relssl.train.checkpoint import load_checkpoint
+from relssl.train.config import RunConfig, build_config
+from relssl.train.run import run_training
 
 Log = Callable[[str], None]
 Runner = Callable[[RunConfig, Path, Log], dict[str, Any]]
@@ -46,28 +51,6 @@ class BenchmarkError(ConfigError):
 
 
 @dataclass
-class PlannedCell:
-    """A cell with its run directory, validated config and state on disk.
-
-    state: `done` (finished, skipped), `resume` (has last.pt), `new`, `restart` (a folder with
-    nothing to resume; moved aside before running), `derived` (random init, read from the donor),
-    `unselected` (left out by --only), `invalid` (config error; see `problem`).
-    """
-
-    cell: Cell
-    run_dir: Path
-    config: RunConfig | None = None
-    state: str = "new"
-    problem: str = ""
-    error: str = ""  # failure of this session's run
-    seconds: float | None = None
-
-    @property
-    def name(self) -> str:
-        return self.cell.run_name
-
-
-@dataclass
 class BenchmarkResult:
     """What a benchmark session did and where its reports are."""
 
@@ -79,25 +62,6 @@ class BenchmarkResult:
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     interrupted: bool = False
-
-
-def grid_dir(grid: Grid, output_root: str | Path) -> Path:
-    """`<output root>/<grid name>/<scale>`: the cells' run folders and the reports."""
-    return Path(output_root) / grid.name / grid.scale
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any] | None:
-    """The run's metrics.json, or None when absent or unreadable."""
-    try:
-        data = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """metrics.json with nested sections flattened to dotted keys (e.g. linear_protocol.epochs)."""
-    return flatten(metrics)
 
 
 def missing_metrics(cell: Cell, metrics: Mapping[str, Any] | None) -> list[str]:
@@ -202,11 +166,9 @@ def _validate_cell(grid: Grid, pc: PlannedCell, out: Path, sets: Mapping[str, An
 
 
 def _checkpoint_config(run_dir: Path) -> dict[str, Any] | None:
-    from relssl.train.checkpoint import load_checkpoint
-
     try:
         return load_checkpoint(run_dir / "last.pt")["config"]
-    except Exception:  # an unreadable checkpoint shows up when the run resumes, with its own message
+    except (CheckpointError, KeyError, TypeError):  # an unreadable checkpoint shows up when the run resumes, with its own message
         return _saved_config(run_dir)
 
 
@@ -223,9 +185,6 @@ def check_plan(planned: Iterable[PlannedCell]) -> None:
 
 def train_cell(config: RunConfig, run_dir: Path, log: Log) -> dict[str, Any]:
     """The default runner: `relssl train` for one cell, resuming from `run_dir/last.pt` if present."""
-    from relssl.train.checkpoint import load_checkpoint
-    from relssl.train.run import run_training
-
     if (run_dir / "last.pt").is_file():
         checkpoint = load_checkpoint(run_dir / "last.pt")
         _, metrics = run_training(config, checkpoint=checkpoint, run_dir=run_dir, log=log)
@@ -256,8 +215,6 @@ def run_benchmark(grid: Grid, output_root: str | Path, *, runner: Runner = train
     `keep_going`; a run stopped by Ctrl-C (metrics `finished: false`) stops it with
     `interrupted` set. `verbose` shows each run's own log lines and progress bars.
     """
-    from relssl.benchmark.report import write_reports
-
     say = echo or tqdm.write
     planned = plan_cells(grid, output_root, sets=sets, only=only, progress=verbose)
     check_plan(planned)

@@ -5,10 +5,29 @@
 
 Every reader returns the same `ImageArrays`; the first read of a split decodes its files and
 stores them under the cache folder, later reads memory-map that cache (see relssl.data.cache).
+Each dataset registers itself in its reader's file (`relssl.data.registry.register_dataset`);
+the imports below are what makes the built-in ones known.
 """
 
+# isort: off
+from relssl.data import digits, cifar, stl10, tiny_imagenet, slimagenet, imagefolder  # noqa: F401  (they register)
+# isort: on
 from relssl.data.arrays import ImageArrays
-from relssl.data.errors import DataError
-from relssl.data.registry import DATASET_NAMES, dataset_splits, load_split
+from relssl.data.config import DataConfig
+from relssl.data.load import load_split
+from relssl.data.registry import DATASETS, DatasetSpec, dataset_spec, dataset_splits, register_dataset
+from relssl.data.stats import channel_stats
+from relssl.errors import DataError
 
-__all__ = ["DATASET_NAMES", "DataError", "ImageArrays", "dataset_splits", "load_split"]
+__all__ = [
+    "DATASETS",
+    "DataConfig",
+    "DataError",
+    "DatasetSpec",
+    "ImageArrays",
+    "channel_stats",
+    "dataset_spec",
+    "dataset_splits",
+    "load_split",
+    "register_dataset",
+]

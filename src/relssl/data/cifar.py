@@ -22,7 +22,8 @@ import numpy as np
 from relssl.data import imagefolder
 from relssl.data.arrays import ImageArrays
 from relssl.data.download import Archive, ensure_extracted
-from relssl.data.errors import DataError
+from relssl.data.registry import register_dataset
+from relssl.errors import DataError
 from relssl.data.resize import resize_images
 from relssl.data.source import Source
 from relssl.data.unpickle import load_pickle
@@ -92,6 +93,7 @@ def _is_cifar10_folder(root: Path) -> bool:
     )
 
 
+@register_dataset("cifar10", splits=SPLITS, default_root="cifar10")
 def cifar10_source(root: Path, split: str, *, download: bool = True, progress: bool = True) -> Source:
     """CIFAR-10 `split` ("train": data_batch_1..5, "test": test_batch) under `root`."""
     base = root if (root / "batches.meta").exists() else root / _CIFAR10_DIR
@@ -135,3 +137,16 @@ def cifar100_source(root: Path, split: str, *, coarse: bool = False, download: b
         return _resized(ImageArrays(images, labels, classes), image_size, progress, f"resize {name}/{split}")
 
     return Source(split, (path, meta_path), build, {"format": "python-pickle", "labels": label_key})
+
+
+@register_dataset("cifar100", splits=SPLITS, default_root="cifar100")
+def cifar100_fine_source(root: Path, split: str, *, download: bool = True, progress: bool = True) -> Source:
+    """CIFAR-100 with its 100 fine labels."""
+    return cifar100_source(root, split, download=download, progress=progress)
+
+
+# The 20 coarse labels come from the same files, so the default root is shared with cifar100.
+@register_dataset("cifar100-20", splits=SPLITS, default_root="cifar100")
+def cifar100_coarse_source(root: Path, split: str, *, download: bool = True, progress: bool = True) -> Source:
+    """CIFAR-100 with its 20 coarse (superclass) labels."""
+    return cifar100_source(root, split, coarse=True, download=download, progress=progress)

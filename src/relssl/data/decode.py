@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from relssl.data.errors import DataError
+from relssl.errors import DataError
 from relssl.data.resize import fit_image
 from relssl.data.workers import default_workers
 

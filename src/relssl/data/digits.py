@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from relssl.data.arrays import ImageArrays
+from relssl.data.registry import register_dataset
 
 SPLITS = ("train", "test")
 DEFAULT_SIZE = 16
@@ -59,8 +60,9 @@ def split_indices(targets: np.ndarray, split: str) -> np.ndarray:
     return np.flatnonzero(is_test if split == "test" else ~is_test)
 
 
+@register_dataset("digits", splits=SPLITS, in_memory=True)
 def load(split: str, image_size: int | None = None) -> ImageArrays:
-    """The digits `split` ("train" or "test") at image_size x image_size (default 16)."""
+    """scikit-learn's 1,797 8x8 digits, built in: `split` ("train" or "test") at image_size x image_size (default 16)."""
     images, targets = raw_digits()
     idx = split_indices(targets, split)
     gray = np.rint(images[idx] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from relssl.data.errors import DataError
+from relssl.errors import DataError
 from relssl.data.paths import can_create_in
 
 _BLOCK = 1 << 20

@@ -29,7 +29,8 @@ import numpy as np
 
 from relssl.data.arrays import ImageArrays
 from relssl.data.decode import decode_images, image_size as read_image_size
-from relssl.data.errors import DataError
+from relssl.errors import DataError
+from relssl.data.registry import register_dataset
 from relssl.data.source import Source
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm"})
@@ -190,6 +191,8 @@ def listing_source(listing: Listing, reference: str | Path | None, *, desc: str,
     return Source(listing.split, files, build, {"classes": list(listing.classes)})
 
 
+@register_dataset("imagefolder", splits=SPLITS,
+                  summary="a folder of images: class sub-folders with train/ + test/|val/ splits, or flat and unlabelled")
 def source(root: Path, split: str, *, download: bool = True, progress: bool = True) -> Source:
     """The Source of one split of an image folder (`download` is ignored: there is nothing to fetch)."""
     listing, reference = scan(root, split)

@@ -34,7 +34,8 @@ import numpy as np
 
 from relssl.data import imagefolder
 from relssl.data.arrays import ImageArrays
-from relssl.data.errors import DataError
+from relssl.errors import DataError
+from relssl.data.registry import register_dataset
 from relssl.data.source import Source
 
 ZENODO_URL = "https://zenodo.org/record/3672132"
@@ -62,6 +63,9 @@ def _base(root: Path) -> Path:
     return nested if nested.is_dir() and not (root / "train").is_dir() else root
 
 
+@register_dataset("slimagenet64", splits=SPLITS, default_root="slimagenet64", pretrain_split="train160",
+                  eval_splits=("train160", "test40"),
+                  summary="SlimageNet64; pretrains and evaluates on the 160/40 per-class parts of its train classes")
 def source(root: Path, split: str, *, download: bool = True, progress: bool = True) -> Source:
     """SlimageNet64 `split` under `root` (see the module docstring for the splits)."""
     base = _base(root)

@@ -17,8 +17,9 @@ import numpy as np
 
 from relssl.data.arrays import ImageArrays
 from relssl.data.download import Archive, ensure_extracted
-from relssl.data.errors import DataError
+from relssl.errors import DataError
 from relssl.data.resize import resize_images
+from relssl.data.registry import register_dataset
 from relssl.data.source import Source
 
 STL10_ARCHIVE = Archive(
@@ -56,6 +57,8 @@ def read_class_names(path: Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
 
 
+@register_dataset("stl10", splits=SPLITS, default_root="stl10", pretrain_split="unlabeled",
+                  summary="STL-10 (binary format); pretrains on its 100k unlabelled images")
 def source(root: Path, split: str, *, download: bool = True, progress: bool = True) -> Source:
     """STL-10 `split` ("train", "test" or "unlabeled") under `root` (or `root/stl10_binary`)."""
     base = root if (root / "class_names.txt").exists() else root / "stl10_binary"

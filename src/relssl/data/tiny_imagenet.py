@@ -20,7 +20,8 @@ import numpy as np
 from relssl.data import imagefolder
 from relssl.data.arrays import ImageArrays
 from relssl.data.download import Archive, ensure_extracted
-from relssl.data.errors import DataError
+from relssl.errors import DataError
+from relssl.data.registry import register_dataset
 from relssl.data.source import Source
 
 TINY_IMAGENET_ARCHIVE = Archive(
@@ -68,6 +69,8 @@ def read_val_annotations(path: Path, images: Path, index: dict[str, int]) -> tup
     return files, np.asarray([label for _, label in entries], dtype=np.int64)
 
 
+@register_dataset("tiny-imagenet", splits=SPLITS, default_root="tiny-imagenet",
+                  summary="tiny-ImageNet (official zip layout; val labelled from val_annotations.txt)")
 def source(root: Path, split: str, *, download: bool = True, progress: bool = True) -> Source:
     """tiny-ImageNet `split` under `root` (or `root/tiny-imagenet-200`); "test" reads "val"."""
     base = root if (root / "wnids.txt").exists() else root / "tiny-imagenet-200"

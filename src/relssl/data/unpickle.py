@@ -12,7 +12,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from relssl.data.errors import DataError
+from relssl.errors import DataError
 
 ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     {

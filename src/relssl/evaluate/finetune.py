@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,18 +11,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from relssl.augment import AugmentConfig, ViewAugment, to_normalized
+from relssl.errors import ConfigError
+from relssl.evaluate.config import FinetuneConfig
 from relssl.evaluate.metrics import topk_accuracy
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """Finetune schedule. The paper fixes only the epochs (20 on STL-10); the rest is our choice."""
-
-    epochs: int = 20
-    lr: float = 1e-3
-    batch_size: int = 64
-    augment: bool = True  # random resized crop (scale 0.25-1) + flip; no colour distortion
-    seed: int = 0
+from relssl.models.backbone import feature_dim
 
 
 def finetune(
@@ -36,29 +27,33 @@ def finetune(
     num_classes: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
-    settings: FinetuneSettings = FinetuneSettings(),
+    config: FinetuneConfig | None = None,
+    seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
     top5: bool | None = None,
 ) -> dict[str, float]:
     """Finetune a copy of `backbone` with a new linear classifier (Adam) and return test top-1 (and top-5).
 
+    `config` holds the schedule (defaults: `FinetuneConfig()`); `seed` draws the batches and views.
+
     The caller's backbone is left untouched. Labels must all be known (no -1). `top5`: None reports
     top-5 with more than 10 classes, True with more than 5 (the semi-supervised protocol), False never.
     """
+    settings = config if config is not None else FinetuneConfig()
     device = torch.device(device)
     train_labels = np.array(train_labels, dtype=np.int64)  # an owned, writable copy
     if (train_labels < 0).any():
         raise ValueError("finetuning needs a fully labelled train split (labels of -1 found)")
     if len(train_images) < settings.batch_size:
-        raise ValueError(f"finetune.batch_size={settings.batch_size} exceeds the {len(train_images)} labelled images")
-    gen = torch.Generator().manual_seed(settings.seed)
+        raise ConfigError(f"finetune.batch_size={settings.batch_size} exceeds the {len(train_images)} labelled images")
+    gen = torch.Generator().manual_seed(seed)
     model = copy.deepcopy(backbone).to(device)
-    classifier = nn.Linear(model.feature_dim, num_classes).to(device)
+    classifier = nn.Linear(feature_dim(model), num_classes).to(device)
     params = list(model.parameters()) + list(classifier.parameters())
     optimizer = torch.optim.Adam(params, lr=settings.lr)
     augment = ViewAugment(AugmentConfig(scale=(0.25, 1.0), jitter_p=0.0, gray_p=0.0, mean=tuple(mean), std=tuple(std)))
-    aug_gen = torch.Generator(device=device).manual_seed(settings.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(seed)
     images = torch.from_numpy(np.array(train_images, copy=True))
     labels = torch.from_numpy(train_labels)
     steps = len(images) // settings.batch_size

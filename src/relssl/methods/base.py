@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+
+from relssl.config import Section
+from relssl.models.backbone import check_backbone
 
 
 @dataclass
@@ -31,6 +35,15 @@ class EpochContext:
     progress: bool = False
 
 
+@dataclass(frozen=True)
+class TrainingSet:
+    """What a method may need to know about its training split when it is built."""
+
+    num_images: int
+    num_classes: int = 0
+    seed: int = 0  # the run's seed
+
+
 class Method(nn.Module):
     """A self-supervised method: owns the backbone and its heads, turns views into a loss.
 
@@ -38,14 +51,29 @@ class Method(nn.Module):
     and calls `training_step`; it owns data, optimisation, logging and checkpoints.
     """
 
-    name: str = "method"
-    metric_names: tuple[str, ...] = ()  # per-step metrics logged beside the loss
-    needs_labels: bool = False  # True: every training image must be labelled
+    name: ClassVar[str] = "method"  # set by @register_method
+    metric_names: ClassVar[tuple[str, ...]] = ()  # per-step metrics logged beside the loss
+    needs_labels: ClassVar[bool] = False  # True: every training image must be labelled
 
     def __init__(self, backbone: nn.Module, num_views: int = 1) -> None:
         super().__init__()
+        check_backbone(backbone)
         self.backbone = backbone
         self.num_views = num_views
+
+    @classmethod
+    def from_config(cls, backbone: nn.Module, config: Section | None, data: TrainingSet) -> Method:
+        """Build from the method's config section (None when it has none); `data` describes the training split.
+
+        The default passes the section alone; methods that size buffers by the training set
+        (DeepCluster, RCL) or need the number of classes (supervised) override this.
+        """
+        build: Callable[..., Method] = cls  # subclasses take (backbone[, config])
+        return build(backbone, config) if config is not None else build(backbone)
+
+    def training_labels(self, labels: np.ndarray, seed: int) -> np.ndarray:
+        """The labels the training steps see (-1 = unknown); the semi-supervised option hides some."""
+        return labels
 
     def training_step(
         self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor

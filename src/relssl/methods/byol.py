@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
+from pydantic import Field
 from torch import nn
 
 from relssl.losses.contrastive import negative_cosine
 from relssl.methods.base import StepOutput
-from relssl.methods.siamese import TwoViewMethod
+from relssl.methods.registry import register_method
+from relssl.methods.siamese import MomentumConfig, TwoViewMethod
 
+
+class BYOLConfig(MomentumConfig):
+    """BYOL baseline (Grill et al., 2020): projector [4096] -> 256, predictor [4096], m 0.996 -> 1."""
+
+    projector_hidden: list[int] = Field(default_factory=lambda: [4096])
+    momentum: float = Field(default=0.996, ge=0, lt=1)
+
+
+@register_method("byol", config=BYOLConfig)
 
 class BYOL(TwoViewMethod):
     """L = (2 - 2 cos(p1, z'2)) + (2 - 2 cos(p2, z'1)), z' from the target network, momentum 0.996 -> 1 (cosine)."""
 
-    name = "byol"
     metric_names = ("cosine",)
 
-    def __init__(self, backbone: nn.Module, momentum: float = 0.996, momentum_schedule: str = "cosine",
-                 projector_hidden: Sequence[int] = (4096,), projector_dim: int = 256,
-                 predictor_hidden: int = 4096) -> None:
-        super().__init__(backbone, projector_hidden, projector_dim, predictor_hidden, momentum=momentum,
-                         momentum_schedule=momentum_schedule, projector_last_bn=False)
+    def __init__(self, backbone: nn.Module, config: BYOLConfig | None = None) -> None:
+        config = config if config is not None else BYOLConfig()
+        super().__init__(backbone, config.projector_hidden, config.projector_dim, config.predictor_hidden,
+                         momentum=config.momentum, momentum_schedule=config.momentum_schedule,
+                         projector_last_bn=False)
 
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         v1, v2 = views.chunk(2)

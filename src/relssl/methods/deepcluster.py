@@ -7,11 +7,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pydantic import Field
+
 from relssl.cluster.kmeans import kmeans_assign, pca_whiten_l2
+from relssl.config import Section
+from relssl.errors import ConfigError
 from relssl.evaluate import extract_features
-from relssl.methods.base import EpochContext, Method, StepOutput, accuracy
+from relssl.methods.base import EpochContext, Method, StepOutput, TrainingSet, accuracy
+from relssl.methods.registry import register_method
+from relssl.models import feature_dim
 
 
+class DeepClusterConfig(Section):
+    """DeepCluster baseline (Caron et al., 2018) settings."""
+
+    num_clusters: int = Field(default=100, ge=2)
+    pca_dim: int | None = Field(default=None, ge=1)  # None: min(256, feature_dim)
+    kmeans_iters: int = Field(default=20, ge=1)
+
+
+@register_method("deepcluster", config=DeepClusterConfig)
 class DeepCluster(Method):
     """Backbone + classifier over k-means clusters of the backbone's own features.
 
@@ -24,22 +39,28 @@ class DeepCluster(Method):
     cross-entropy by inverse cluster size, which gives every cluster the same total weight.
     """
 
-    name = "deepcluster"
     metric_names = ("cluster_acc",)
 
-    def __init__(self, backbone: nn.Module, num_images: int, num_clusters: int = 100, pca_dim: int | None = None,
-                 kmeans_iters: int = 20) -> None:
+    def __init__(self, backbone: nn.Module, config: DeepClusterConfig | None = None, *, num_images: int) -> None:
         super().__init__(backbone, num_views=1)
-        if num_clusters < 2 or num_clusters > num_images:
-            raise ValueError(f"deepcluster.num_clusters must be in [2, {num_images}]; got {num_clusters}")
-        dim = backbone.feature_dim
-        self.pca_dim = min(pca_dim or 256, dim)
+        config = config if config is not None else DeepClusterConfig()
+        num_clusters = config.num_clusters
+        if num_clusters > num_images:
+            raise ConfigError(f"deepcluster.num_clusters must be in [2, {num_images}] (the training images); "
+                              f"got {num_clusters}")
+        dim = feature_dim(backbone)
+        self.pca_dim = min(config.pca_dim or 256, dim)
         self.num_clusters = num_clusters
-        self.kmeans_iters = kmeans_iters
+        self.kmeans_iters = config.kmeans_iters
         self.classifier = nn.Linear(dim, num_clusters)
         # Saved in checkpoints, so a run resumed mid-epoch keeps that epoch's assignment.
         self.register_buffer("pseudo_labels", torch.zeros(num_images, dtype=torch.long))
         self.register_buffer("cluster_weights", torch.ones(num_clusters))
+
+    @classmethod
+    def from_config(cls, backbone: nn.Module, config: Section | None, data: TrainingSet) -> DeepCluster:
+        assert config is None or isinstance(config, DeepClusterConfig)
+        return cls(backbone, config, num_images=data.num_images)
 
     @torch.no_grad()
     def on_epoch_start(self, context: EpochContext) -> None:

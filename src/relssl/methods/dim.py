@@ -5,10 +5,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pydantic import Field
+
+from relssl.config import Section
 from relssl.losses.infomax import DIMHeads
 from relssl.methods.base import Method, StepOutput
+from relssl.methods.registry import register_method
+from relssl.models import require_feature_map
 
 
+class DIMConfig(Section):
+    """Deep InfoMax baseline (Hjelm et al., 2019) settings: DIM(L) with the prior term."""
+
+    local_weight: float = Field(default=1.0, ge=0)  # beta
+    prior_weight: float = Field(default=0.1, ge=0)  # gamma
+    embed_dim: int = Field(default=64, ge=1)
+
+
+@register_method("dim", config=DIMConfig)
 class DeepInfoMax(Method):
     """Maximise local mutual information (JSD estimator) between the global feature and the
     positions of the backbone's last feature map, plus the adversarial prior-matching term.
@@ -20,20 +34,19 @@ class DeepInfoMax(Method):
     sides; the logged loss therefore includes the discriminator's loss and need not decrease.
     """
 
-    name = "dim"
     metric_names = ("local_mi", "prior")
 
-    def __init__(self, backbone: nn.Module, local_weight: float = 1.0, prior_weight: float = 0.1,
-                 embed_dim: int = 64) -> None:
+    def __init__(self, backbone: nn.Module, config: DIMConfig | None = None) -> None:
         super().__init__(backbone, num_views=1)
-        if not hasattr(backbone, "forward_map"):
-            raise ValueError(f"dim needs a backbone with forward_map (local features); {type(backbone).__name__} has none")
-        dim = backbone.feature_dim
-        self.heads = DIMHeads(dim, dim, embed_dim=embed_dim, hidden_dim=max(embed_dim, dim),
-                              beta=local_weight, gamma=prior_weight)
+        config = config if config is not None else DIMConfig()
+        maps = require_feature_map(backbone, "dim")
+        self._forward_map = maps.forward_map  # a bound method, so the backbone is not registered twice
+        dim = maps.feature_dim
+        self.heads = DIMHeads(dim, dim, embed_dim=config.embed_dim, hidden_dim=max(config.embed_dim, dim),
+                              beta=config.local_weight, gamma=config.prior_weight)
 
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
-        fmap = self.backbone.forward_map(views)
+        fmap = self._forward_map(views)
         y = fmap.mean(dim=(2, 3))
         out = self.heads(y.float(), fmap.float())
         return StepOutput(loss=out.loss, metrics={"local_mi": out.local_mi.detach(), "prior": out.prior.detach()})

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from relssl.config import Section
 from relssl.losses.contrastive import info_nce
 from relssl.methods.base import StepOutput
 from relssl.methods.queue import FeatureQueue
+from relssl.methods.registry import register_method
 from relssl.methods.siamese import TwoViewMethod
 
+
+class MoCoV2Config(Section):
+    """MoCo v2 baseline (Chen et al., 2020): MLP [2048] -> 128 (no predictor), tau 0.2, 65,536 negatives, m 0.999."""
+
+    projector_hidden: list[int] = Field(default_factory=lambda: [2048])
+    projector_dim: int = Field(default=128, ge=1)
+    temperature: float = Field(default=0.2, gt=0)
+    queue_size: int = Field(default=65536, ge=1)
+    momentum: float = Field(default=0.999, ge=0, lt=1)
+    momentum_schedule: Literal["cosine", "constant"] = "constant"
+    symmetric: bool = False
+
+
+@register_method("mocov2", config=MoCoV2Config)
 
 class MoCoV2(TwoViewMethod):
     """Query = online backbone + MLP projector; key = its EMA copy; negatives = the last `queue_size` keys.
@@ -22,17 +39,16 @@ class MoCoV2(TwoViewMethod):
     The queue starts empty, so the first step has no negatives.
     """
 
-    name = "mocov2"
     metric_names = ("pos_acc",)
 
-    def __init__(self, backbone: nn.Module, temperature: float = 0.2, queue_size: int = 65536,
-                 momentum: float = 0.999, momentum_schedule: str = "constant",
-                 projector_hidden: Sequence[int] = (2048,), projector_dim: int = 128, symmetric: bool = False) -> None:
-        super().__init__(backbone, projector_hidden, projector_dim, predictor_hidden=None, momentum=momentum,
-                         momentum_schedule=momentum_schedule, projector_last_bn=False)
-        self.temperature = temperature
-        self.symmetric = symmetric
-        self.queue = FeatureQueue(queue_size, projector_dim)
+    def __init__(self, backbone: nn.Module, config: MoCoV2Config | None = None) -> None:
+        config = config if config is not None else MoCoV2Config()
+        super().__init__(backbone, config.projector_hidden, config.projector_dim, predictor_hidden=None,
+                         momentum=config.momentum, momentum_schedule=config.momentum_schedule,
+                         projector_last_bn=False)
+        self.temperature = config.temperature
+        self.symmetric = config.symmetric
+        self.queue = FeatureQueue(config.queue_size, config.projector_dim)
 
     def _loss(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         negatives = self.queue.features()

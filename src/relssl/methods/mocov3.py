@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
+from pydantic import Field
 from torch import nn
 
 from relssl.distributed import gather_no_grad, rank
 from relssl.losses.contrastive import cross_view_nce
 from relssl.methods.base import StepOutput
-from relssl.methods.siamese import TwoViewMethod
+from relssl.methods.registry import register_method
+from relssl.methods.siamese import MomentumConfig, TwoViewMethod
 
+
+class MoCoV3Config(MomentumConfig):
+    """MoCo v3 baseline (Chen, Xie & He, 2021); tau 0.2 (the MoCo v3 paper uses 1.0 for its ResNet-50)."""
+
+    temperature: float = Field(default=0.2, gt=0)
+
+
+@register_method("mocov3", config=MoCoV3Config)
 
 class MoCoV3(TwoViewMethod):
     """q = predictor(projector(backbone(v))); keys from the EMA copy of backbone + projector, gathered over ranks.
@@ -20,15 +28,13 @@ class MoCoV3(TwoViewMethod):
     factor on each term is the MoCo v3 paper's, so the gradient scale does not depend on tau.
     """
 
-    name = "mocov3"
     metric_names = ("pos_acc",)
 
-    def __init__(self, backbone: nn.Module, temperature: float = 0.2, momentum: float = 0.99,
-                 momentum_schedule: str = "cosine", projector_hidden: Sequence[int] = (2048, 2048),
-                 projector_dim: int = 256, predictor_hidden: int = 4096) -> None:
-        super().__init__(backbone, projector_hidden, projector_dim, predictor_hidden, momentum=momentum,
-                         momentum_schedule=momentum_schedule)
-        self.temperature = temperature
+    def __init__(self, backbone: nn.Module, config: MoCoV3Config | None = None) -> None:
+        config = config if config is not None else MoCoV3Config()
+        super().__init__(backbone, config.projector_hidden, config.projector_dim, config.predictor_hidden,
+                         momentum=config.momentum, momentum_schedule=config.momentum_schedule)
+        self.temperature = config.temperature
 
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         v1, v2 = views.chunk(2)

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from relssl.distributed import gather_no_grad, rank
 from relssl.losses.contrastive import cross_view_nce, info_nce
 from relssl.methods.base import StepOutput
 from relssl.methods.queue import FeatureQueue
-from relssl.methods.siamese import TwoViewMethod
+from relssl.methods.registry import register_method
+from relssl.methods.siamese import HeadsConfig, TwoViewMethod
+
+
+class NNCLRConfig(HeadsConfig):
+    """NNCLR baseline (Dwibedi et al., 2021): tau 0.1, support queue 98,304, in-batch negatives, no momentum."""
+
+    temperature: float = Field(default=0.1, gt=0)
+    queue_size: int = Field(default=98304, ge=1)
+    momentum: float | None = Field(default=None, ge=0, lt=1)  # set: an EMA key encoder (RCL paper's form)
+    momentum_schedule: Literal["cosine", "constant"] = "cosine"
+    negatives: Literal["batch", "queue"] = "batch"
 
 
 @torch.no_grad()
@@ -29,6 +41,7 @@ def nearest_in_queue(z: torch.Tensor, queue: FeatureQueue) -> tuple[torch.Tensor
     return bank[rows], rows
 
 
+@register_method("nnclr", config=NNCLRConfig)
 class NNCLR(TwoViewMethod):
     """L = (ctr(p2, NN(z1)) + ctr(p1, NN(z2))) / 2 with NN from a queue of embeddings (default 98,304 = 1.5 * 2^16).
 
@@ -39,20 +52,15 @@ class NNCLR(TwoViewMethod):
     criterion (Tang et al. 2022, §5.2), used for the RCL-vs-NNCLR cost comparison.
     """
 
-    name = "nnclr"
     metric_names = ("nn_same_image",)
 
-    def __init__(self, backbone: nn.Module, temperature: float = 0.1, queue_size: int = 98304,
-                 projector_hidden: Sequence[int] = (2048, 2048), projector_dim: int = 256,
-                 predictor_hidden: int = 4096, momentum: float | None = None, momentum_schedule: str = "cosine",
-                 negatives: str = "batch") -> None:
-        if negatives not in ("batch", "queue"):
-            raise ValueError(f"nnclr.negatives must be 'batch' or 'queue'; got {negatives!r}")
-        super().__init__(backbone, projector_hidden, projector_dim, predictor_hidden, momentum=momentum,
-                         momentum_schedule=momentum_schedule)
-        self.temperature = temperature
-        self.negatives = negatives
-        self.queue = FeatureQueue(queue_size, projector_dim)
+    def __init__(self, backbone: nn.Module, config: NNCLRConfig | None = None) -> None:
+        config = config if config is not None else NNCLRConfig()
+        super().__init__(backbone, config.projector_hidden, config.projector_dim, config.predictor_hidden,
+                         momentum=config.momentum, momentum_schedule=config.momentum_schedule)
+        self.temperature = config.temperature
+        self.negatives = config.negatives
+        self.queue = FeatureQueue(config.queue_size, config.projector_dim)
 
     def _ctr(self, p: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
         if self.negatives == "queue":

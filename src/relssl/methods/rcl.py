@@ -2,27 +2,75 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
+from relssl.cluster import OnlineHierarchy, dbscan_levels, kmeans_levels
+from relssl.cluster.offline import check_radii
+from relssl.config import Section
 from relssl.distributed import gather_no_grad
+from relssl.errors import ConfigError
 from relssl.evaluate import extract_features
 from relssl.losses.relative import relative_contrastive_loss
-from relssl.methods.base import EpochContext, StepOutput
+from relssl.methods.base import EpochContext, StepOutput, TrainingSet
 from relssl.methods.nnclr import nearest_in_queue
 from relssl.methods.queue import FeatureQueue
-from relssl.methods.siamese import TwoViewMethod
+from relssl.methods.registry import register_method
+from relssl.methods.siamese import MomentumConfig, TwoViewMethod
 from relssl.models import ProjectionMLP
 
-if TYPE_CHECKING:
-    from relssl.config import RCLConfig
 
-CRITERIA_SOURCES = ("online", "kmeans", "dbscan")
+class RCLConfig(MomentumConfig):
+    """RCL (Tang et al., 2022) settings; paper defaults unless noted (docs/methods/rcl.md lists every choice)."""
+
+    temperature: float = Field(default=0.1, gt=0)  # tau of Eq. 3
+    queue_size: int = Field(default=98304, ge=1)  # support queue, 1.5 * 2^16
+    warmup_epochs: int = Field(default=10, ge=0)  # epochs of the plain contrastive loss before clustering
+    criteria: Literal["online", "kmeans", "dbscan"] = "online"  # online hierarchy or the offline ablations
+    radii: list[float] = Field(default_factory=lambda: [0.6, 0.7, 0.8])  # DBSCAN eps per level, finest first
+    min_samples: int = Field(default=4, ge=1)
+    kmeans_clusters: list[int] = Field(default_factory=list)  # clusters per level for criteria=kmeans, most first
+    num_predictors: int | None = Field(default=None, ge=1)  # None: one per criterion (H); 1: shared
+    instance_criterion: bool = False  # also use the instance level (column 0) as a criterion
+    hierarchy_options: dict[str, Any] = {}  # further relssl.cluster.OnlineHierarchy options, e.g. merge_threshold
+
+    @property
+    def levels(self) -> list[float] | list[int]:
+        """The clustering levels, finest first: k-means cluster counts, or DBSCAN radii."""
+        return list(self.kmeans_clusters) if self.criteria == "kmeans" else list(self.radii)
+
+    @property
+    def num_criteria(self) -> int:
+        """H: one criterion per clustering level, plus the instance level with `instance_criterion`."""
+        return len(self.levels) + int(self.instance_criterion)
+
+    @model_validator(mode="after")
+    def _levels_fit(self) -> RCLConfig:
+        """Every level setting is checked here, at start-up: clustering itself only starts after the warm-up."""
+        try:
+            check_radii(self.radii, name="rcl.radii")
+        except ValueError as err:
+            raise ValueError(f"{err} (unit-sphere distances, finest level first)") from None
+        if self.criteria == "kmeans":
+            k = self.kmeans_clusters
+            if not k or any(c < 2 for c in k) or any(b >= a for a, b in zip(k, k[1:])):
+                raise ValueError(f"rcl.kmeans_clusters must list >= 2 clusters per level, strictly decreasing; got {k}")
+        h = self.num_criteria
+        if self.num_predictors not in (None, 1, h):
+            raise ValueError(f"rcl.num_predictors must be 1 (shared) or H={h} (one per criterion); got {self.num_predictors}")
+        if self.criteria == "online":  # a throw-away 1-sample hierarchy checks rcl.hierarchy_options
+            try:
+                OnlineHierarchy(1, 1 + len(self.radii), radii=self.radii, min_samples=self.min_samples,
+                                **self.hierarchy_options)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"rcl.hierarchy_options: {err}") from None
+        return self
 
 
+@register_method("rcl", config=RCLConfig)
 class RCL(TwoViewMethod):
     """Query encoder + EMA key encoder, a support queue of keys, H criterion-specific predictors, Eq. 2-3.
 
@@ -41,53 +89,30 @@ class RCL(TwoViewMethod):
     criteria are columns 1..L-1 (plus column 0 with `instance_criterion`).
     """
 
-    name = "rcl"
     metric_names = ("positive_rate", "clusters_top")
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        num_images: int,
-        temperature: float = 0.1,
-        queue_size: int = 98304,
-        momentum: float = 0.99,
-        momentum_schedule: str = "cosine",
-        projector_hidden: Sequence[int] = (2048, 2048),
-        projector_dim: int = 256,
-        predictor_hidden: int = 4096,
-        warmup_epochs: int = 10,
-        criteria: str = "online",
-        radii: Sequence[float] = (0.6, 0.7, 0.8),
-        min_samples: int = 4,
-        kmeans_clusters: Sequence[int] = (),
-        num_predictors: int | None = None,
-        instance_criterion: bool = False,
-        hierarchy_options: dict[str, Any] | None = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(backbone, projector_hidden, projector_dim, predictor_hidden=None, momentum=momentum,
-                         momentum_schedule=momentum_schedule)
-        levels = _clustering_levels(criteria, radii, kmeans_clusters, min_samples, hierarchy_options, num_images)
-        self.num_levels = 1 + len(levels)  # column 0: every image its own cluster
-        self.criteria_columns = list(range(0 if instance_criterion else 1, self.num_levels))
+    def __init__(self, backbone: nn.Module, config: RCLConfig | None = None, *, num_images: int, seed: int = 0) -> None:
+        config = config if config is not None else RCLConfig()
+        super().__init__(backbone, config.projector_hidden, config.projector_dim, predictor_hidden=None,
+                         momentum=config.momentum, momentum_schedule=config.momentum_schedule)
+        if config.criteria == "kmeans" and config.kmeans_clusters[0] > num_images:
+            raise ConfigError(f"rcl.kmeans_clusters must not exceed the {num_images} training images; "
+                              f"got {config.kmeans_clusters}")
+        self.config = config
+        self.num_levels = 1 + len(config.levels)  # column 0: every image its own cluster
+        self.criteria_columns = list(range(0 if config.instance_criterion else 1, self.num_levels))
         h = len(self.criteria_columns)
-        n_pred = h if num_predictors is None else num_predictors
-        if n_pred not in (1, h):
-            raise ValueError(f"rcl.num_predictors must be 1 (shared) or H={h} (one per criterion); got {n_pred}")
+        n_pred = h if config.num_predictors is None else config.num_predictors
         self.predictors = nn.ModuleList(
-            ProjectionMLP(projector_dim, [predictor_hidden], projector_dim) for _ in range(n_pred)
+            ProjectionMLP(config.projector_dim, [config.predictor_hidden], config.projector_dim) for _ in range(n_pred)
         )
         self.num_criteria = h
-        self.temperature = temperature
-        self.warmup_epochs = warmup_epochs
-        self.criteria = criteria
-        self.radii = [float(r) for r in radii]
-        self.min_samples = min_samples
-        self.kmeans_clusters = [int(c) for c in kmeans_clusters]
-        self.hierarchy_options = dict(hierarchy_options or {})
+        self.temperature = config.temperature
+        self.warmup_epochs = config.warmup_epochs
+        self.criteria = config.criteria
         self.seed = seed
         self.num_images = num_images
-        self.queue = FeatureQueue(queue_size, projector_dim)
+        self.queue = FeatureQueue(config.queue_size, config.projector_dim)
         self.register_buffer("level_labels", torch.arange(num_images).unsqueeze(1).repeat(1, self.num_levels))
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
         self.hierarchy = None  # OnlineHierarchy, created at the end of the warm-up
@@ -109,16 +134,16 @@ class RCL(TwoViewMethod):
         return int(torch.unique(self.level_labels[:, -1]).numel())
 
     @classmethod
-    def from_config(cls, cfg: "RCLConfig", backbone: nn.Module, *, num_images: int, seed: int = 0) -> "RCL":
-        """Build from the `rcl` config section."""
-        return cls(backbone, num_images=num_images, seed=seed, **cfg.model_dump())
+    def from_config(cls, backbone: nn.Module, config: Section | None, data: TrainingSet) -> RCL:
+        """Build from the `rcl` config section for a training split of `data.num_images` images."""
+        assert config is None or isinstance(config, RCLConfig)
+        return cls(backbone, config, num_images=data.num_images, seed=data.seed)
 
     # ------------------------------------------------------------------ clustering
-    def _new_hierarchy(self):
-        from relssl.cluster import OnlineHierarchy
-
-        return OnlineHierarchy(self.num_images, self.num_levels, radii=self.radii, min_samples=self.min_samples,
-                               **self.hierarchy_options)
+    def _new_hierarchy(self) -> OnlineHierarchy:
+        cfg = self.config
+        return OnlineHierarchy(self.num_images, self.num_levels, radii=cfg.radii, min_samples=cfg.min_samples,
+                               **cfg.hierarchy_options)
 
     @torch.no_grad()
     def on_epoch_start(self, context: EpochContext) -> None:
@@ -135,13 +160,9 @@ class RCL(TwoViewMethod):
             self.hierarchy.initialize(keys.to(self.level_labels.device))
             labels = self.hierarchy.labels
         elif self.criteria == "kmeans":
-            from relssl.cluster import kmeans_levels
-
-            labels = kmeans_levels(keys, self.kmeans_clusters, seed=self.seed * 1000 + context.epoch)
+            labels = kmeans_levels(keys, self.config.kmeans_clusters, seed=self.seed * 1000 + context.epoch)
         else:
-            from relssl.cluster import dbscan_levels
-
-            labels = dbscan_levels(keys, self.radii, self.min_samples)
+            labels = dbscan_levels(keys, self.config.radii, self.config.min_samples)
         self.set_level_labels(labels[0] if isinstance(labels, tuple) else labels)
 
     @torch.no_grad()
@@ -197,28 +218,3 @@ class RCL(TwoViewMethod):
         return StepOutput(loss=loss, metrics={"positive_rate": (rate_a + rate_b) * 50.0,
                                               "clusters_top": torch.tensor(float(self._clusters_top))})
 
-
-def _clustering_levels(criteria: str, radii: Sequence[float], kmeans_clusters: Sequence[int], min_samples: int,
-                       hierarchy_options: dict[str, Any] | None, num_images: int) -> list:
-    """The per-level settings (radii or k-means counts), checked now: clustering only starts after the warm-up."""
-    if criteria not in CRITERIA_SOURCES:
-        raise ValueError(f"rcl.criteria must be one of {', '.join(CRITERIA_SOURCES)}; got {criteria!r}")
-    levels = list(kmeans_clusters) if criteria == "kmeans" else list(radii)
-    if not levels:
-        key = "rcl.kmeans_clusters" if criteria == "kmeans" else "rcl.radii"
-        raise ValueError(f"{key} must list at least one clustering level")
-    if criteria == "kmeans" and (any(b >= a for a, b in zip(levels, levels[1:])) or levels[0] > num_images):
-        raise ValueError(f"rcl.kmeans_clusters must decrease strictly (most clusters first) and not exceed "
-                         f"the {num_images} training images; got {levels}")
-    if criteria != "kmeans":
-        from relssl.cluster.offline import check_radii
-
-        check_radii(radii, name="rcl.radii")
-    if criteria == "online":  # a throw-away 1-sample hierarchy checks rcl.hierarchy_options
-        from relssl.cluster import OnlineHierarchy
-
-        try:
-            OnlineHierarchy(1, 1 + len(levels), radii=radii, min_samples=min_samples, **(hierarchy_options or {}))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"rcl.hierarchy_options: {err}") from None
-    return levels

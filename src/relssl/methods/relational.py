@@ -2,16 +2,51 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+import numpy as np
 import torch
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from relssl.losses import focal_bce, relational_pairs
+from relssl.config import Section
+from relssl.errors import ConfigError
+from relssl.evaluate.subset import balanced_subset
+from relssl.losses import AGGREGATIONS, focal_bce, relational_pairs
 from relssl.methods.base import Method, StepOutput
-from relssl.models import ProjectionMLP, RelationHead
+from relssl.methods.registry import register_method
+from relssl.models import ProjectionMLP, RelationHead, feature_dim
 
-HEADS = ("mlp", "dot", "encoder")
+
+class RelationalConfig(Section):
+    """Relational Reasoning settings; paper defaults except K (the paper uses 32)."""
+
+    k: int = Field(default=32, ge=2)
+    aggregation: str = "cat"
+    gamma: float = Field(default=2.0, ge=0.0)
+    head: Literal["mlp", "dot", "encoder"] = "mlp"  # ablations: no head (dot product), encoder + dot product
+    head_hidden: int = Field(default=256, ge=1)
+    encoder_dim: int = Field(default=64, ge=1)  # output size of the `encoder` head ablation
+    # Semi-supervised option: share of training images (class-balanced, seeded by the run's seed)
+    # whose labels are used to form extra positives (same class). 0 is the paper's unsupervised method.
+    labelled_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @field_validator("aggregation")
+    @classmethod
+    def _known_aggregation(cls, value: str) -> str:
+        if value not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {value!r}; choose from {', '.join(AGGREGATIONS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _head_fits_aggregation(self) -> RelationalConfig:
+        if self.head != "mlp" and self.aggregation != "cat":
+            raise ValueError("relational.head: 'dot' and 'encoder' score the two members of a pair and need "
+                             "aggregation 'cat'")
+        return self
 
 
+@register_method("relational", config=RelationalConfig)
 class RelationalReasoning(Method):
     """Backbone + relation head trained with focal BCE on intra/inter-reasoning pairs (Eq. 1).
 
@@ -22,34 +57,35 @@ class RelationalReasoning(Method):
     representation through an MLP encoder (as SimCLR's projector) and then takes the dot product.
     """
 
-    name = "relational"
     metric_names = ("pair_acc",)
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        k: int = 32,
-        aggregation: str = "cat",
-        gamma: float = 2.0,
-        head: str = "mlp",
-        head_hidden: int = 256,
-        encoder_dim: int = 64,
-        use_labels: bool = False,
-    ) -> None:
-        super().__init__(backbone, num_views=k)
-        if head not in HEADS:
-            raise ValueError(f"relational.head must be one of {', '.join(HEADS)}; got {head!r}")
-        if head != "mlp" and aggregation != "cat":
-            raise ValueError("relational.head 'dot' and 'encoder' score the two members of a pair, so they need aggregation 'cat'")
-        dim = backbone.feature_dim
-        self.aggregation = aggregation
-        self.gamma = gamma
-        self.head_kind = head
-        self.use_labels = use_labels
-        if head == "mlp":
-            self.head = RelationHead(2 * dim if aggregation == "cat" else dim, hidden=head_hidden)
-        elif head == "encoder":
-            self.encoder = ProjectionMLP(dim, [head_hidden], encoder_dim)
+    def __init__(self, backbone: nn.Module, config: RelationalConfig | None = None) -> None:
+        config = config if config is not None else RelationalConfig()
+        super().__init__(backbone, num_views=config.k)
+        dim = feature_dim(backbone)
+        self.config = config
+        self.aggregation = config.aggregation
+        self.gamma = config.gamma
+        self.head_kind = config.head
+        self.use_labels = config.labelled_fraction > 0
+        if config.head == "mlp":
+            self.head = RelationHead(2 * dim if config.aggregation == "cat" else dim, hidden=config.head_hidden)
+        elif config.head == "encoder":
+            self.encoder = ProjectionMLP(dim, [config.head_hidden], config.encoder_dim)
+
+    def training_labels(self, labels: np.ndarray, seed: int) -> np.ndarray:
+        """With `labelled_fraction` > 0: a seeded, class-balanced share of the labels (the rest -1), else none."""
+        fraction = self.config.labelled_fraction
+        labels = np.asarray(labels, dtype=np.int64)
+        if fraction == 0:
+            return labels
+        if (labels < 0).any():
+            raise ConfigError("relational.labelled_fraction needs a fully labelled pretraining split "
+                             "(data.train_split); this one has unlabelled images")
+        out = np.full_like(labels, -1)
+        keep = balanced_subset(labels, fraction, seed)
+        out[keep] = labels[keep]
+        return out
 
     def pair_logits(self, z: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Relation scores (logits) and targets of every pair built from the K*M features `z`."""

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from relssl.methods.base import Method, StepOutput, accuracy
+from relssl.methods.registry import register_method
+from relssl.models import feature_dim
 
 
 def rotate_four(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -16,6 +18,7 @@ def rotate_four(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rotated, labels
 
 
+@register_method("rotnet")
 class RotationNet(Method):
     """Backbone + linear classifier over the 4 rotations of each augmented image (cross-entropy).
 
@@ -24,12 +27,11 @@ class RotationNet(Method):
     rotations; square inputs are assumed, as in all the paper's datasets.
     """
 
-    name = "rotnet"
     metric_names = ("rot_acc",)
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__(backbone, num_views=1)
-        self.classifier = nn.Linear(backbone.feature_dim, 4)
+        self.classifier = nn.Linear(feature_dim(backbone), 4)
 
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         rotated, targets = rotate_four(views)

@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 
+from relssl.config import Section
 from relssl.methods.base import Method
-from relssl.models import ProjectionMLP
+from relssl.models import ProjectionMLP, feature_dim
 from relssl.models.momentum import MomentumCopy, momentum_at
+
+
+class HeadsConfig(Section):
+    """Projector / predictor widths of the two-view methods (paper 2: [2048, 2048, 256] and [4096, 256])."""
+
+    projector_hidden: list[int] = Field(default_factory=lambda: [2048, 2048])
+    projector_dim: int = Field(default=256, ge=1)
+    predictor_hidden: int = Field(default=4096, ge=1)
+
+    @field_validator("projector_hidden")
+    @classmethod
+    def _positive_widths(cls, widths: list[int]) -> list[int]:
+        if any(w < 1 for w in widths):
+            raise ValueError(f"every hidden width must be >= 1; got {widths}")
+        return widths
+
+
+class MomentumConfig(HeadsConfig):
+    """EMA key/target encoder: base coefficient and schedule ('cosine' rises to 1, BYOL; 'constant', MoCo v2)."""
+
+    momentum: float = Field(default=0.99, ge=0, lt=1)
+    momentum_schedule: Literal["cosine", "constant"] = "cosine"
 
 
 class TwoViewMethod(Method):
@@ -32,7 +57,7 @@ class TwoViewMethod(Method):
         projector_last_bn: bool = True,
     ) -> None:
         super().__init__(backbone, num_views=2)
-        self.projector = ProjectionMLP(backbone.feature_dim, list(projector_hidden), projector_dim,
+        self.projector = ProjectionMLP(feature_dim(backbone), list(projector_hidden), projector_dim,
                                        last_bn=projector_last_bn)
         self.predictor = (
             ProjectionMLP(projector_dim, [predictor_hidden], projector_dim) if predictor_hidden else None

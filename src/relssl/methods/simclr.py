@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from relssl.config import Section
 from relssl.losses.contrastive import nt_xent
 from relssl.methods.base import Method, StepOutput
-from relssl.models import ProjectionMLP
+from relssl.methods.registry import register_method
+from relssl.models import ProjectionMLP, feature_dim
 
 
+class SimCLRConfig(Section):
+    """SimCLR baseline (Chen et al., 2020) settings."""
+
+    temperature: float = Field(default=0.5, gt=0)
+    form: Literal["standard", "mean_log"] = "standard"
+    projector_hidden: int = Field(default=256, ge=1)
+    projector_dim: int = Field(default=64, ge=1)
+
+
+@register_method("simclr", config=SimCLRConfig)
 class SimCLR(Method):
     """Backbone + MLP projector; NT-Xent over the 2M projections of a batch (in-batch negatives).
 
@@ -17,15 +32,14 @@ class SimCLR(Method):
     (see `relssl.losses.contrastive.nt_xent`).
     """
 
-    name = "simclr"
     metric_names = ("pos_acc",)
 
-    def __init__(self, backbone: nn.Module, temperature: float = 0.5, form: str = "standard",
-                 projector_hidden: int = 256, projector_dim: int = 64) -> None:
+    def __init__(self, backbone: nn.Module, config: SimCLRConfig | None = None) -> None:
         super().__init__(backbone, num_views=2)
-        self.temperature = temperature
-        self.form = form
-        self.projector = ProjectionMLP(backbone.feature_dim, [projector_hidden], projector_dim)
+        config = config if config is not None else SimCLRConfig()
+        self.temperature = config.temperature
+        self.form = config.form
+        self.projector = ProjectionMLP(feature_dim(backbone), [config.projector_hidden], config.projector_dim)
 
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         z = self.projector(self.backbone(views)).float()

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
+from pydantic import Field
 from torch import nn
 
 from relssl.losses.contrastive import negative_cosine
 from relssl.methods.base import StepOutput
-from relssl.methods.siamese import TwoViewMethod
+from relssl.methods.registry import register_method
+from relssl.methods.siamese import HeadsConfig, TwoViewMethod
 
+
+class SimSiamConfig(HeadsConfig):
+    """SimSiam baseline (Chen & He, 2021): projector [2048, 2048] -> 2048, bottleneck predictor 512."""
+
+    projector_dim: int = Field(default=2048, ge=1)
+    predictor_hidden: int = Field(default=512, ge=1)
+
+
+@register_method("simsiam", config=SimSiamConfig)
 
 class SimSiam(TwoViewMethod):
     """L = -(cos(p1, sg(z2)) + cos(p2, sg(z1))) / 2; projector ends in BN, predictor is a bottleneck (512)."""
 
-    name = "simsiam"
     metric_names = ("cosine", "z_std")
 
-    def __init__(self, backbone: nn.Module, projector_hidden: Sequence[int] = (2048, 2048), projector_dim: int = 2048,
-                 predictor_hidden: int = 512) -> None:
-        super().__init__(backbone, projector_hidden, projector_dim, predictor_hidden, momentum=None)
+    def __init__(self, backbone: nn.Module, config: SimSiamConfig | None = None) -> None:
+        config = config if config is not None else SimSiamConfig()
+        super().__init__(backbone, config.projector_hidden, config.projector_dim, config.predictor_hidden,
+                         momentum=None)
 
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         z1, z2 = self.project(views).chunk(2)

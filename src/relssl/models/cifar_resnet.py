@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from pydantic import PositiveInt
 from torch import nn
 
 from relssl.models.conv4 import init_conv_bn
+from relssl.models.registry import register_backbone
 
 #: Blocks per stage, indexed by backbone name (depth = 6 * n + 2).
 CIFAR_RESNET_LAYERS: dict[str, tuple[int, int, int]] = {
@@ -92,3 +94,15 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.avgpool(self.forward_map(x)), 1)
+
+
+def _register(name: str, layers: tuple[int, int, int]) -> None:
+    depth = 6 * layers[0] + 2
+
+    @register_backbone(name, summary=f"CIFAR ResNet-{depth} of the Relational Reasoning reference code (64-d features)")
+    def build(in_channels: PositiveInt = 3) -> CifarResNet:
+        return CifarResNet(layers, in_channels=in_channels)
+
+
+for _name, _layers in CIFAR_RESNET_LAYERS.items():
+    _register(_name, _layers)

@@ -12,7 +12,10 @@ from collections import OrderedDict
 from typing import Literal
 
 import torch
+from pydantic import PositiveInt
 from torch import nn
+
+from relssl.models.registry import register_backbone
 
 Pooling = Literal["avg", "max"]
 POOLINGS: tuple[str, ...] = ("avg", "max")
@@ -44,6 +47,7 @@ def _block(in_ch: int, out_ch: int, pool: nn.Module) -> nn.Sequential:
     )
 
 
+@register_backbone("conv4")
 class Conv4(nn.Module):
     """Conv-4 backbone mapping (B, C, H, W) images to (B, 64) features.
 
@@ -56,7 +60,7 @@ class Conv4(nn.Module):
 
     feature_dim: int
 
-    def __init__(self, in_channels: int = 3, pooling: Pooling = "avg") -> None:
+    def __init__(self, in_channels: PositiveInt = 3, pooling: Pooling = "avg") -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"conv4 option 'pooling' must be one of {POOLINGS}, got {pooling!r}")

@@ -7,9 +7,14 @@ state dicts load into ``torchvision.models.resnetXX()`` (only ``fc.*`` missing) 
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
+from pydantic import PositiveInt
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from relssl.models.registry import register_backbone
 
 #: (block, blocks per stage) for each name, as in torchvision.models.resnet.
 TORCHVISION_RESNET_SPECS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, ...]]] = {
@@ -33,7 +38,7 @@ class TorchvisionResNet(ResNet):
     def __init__(
         self,
         name: str,
-        in_channels: int = 3,
+        in_channels: PositiveInt = 3,
         cifar_stem: bool = False,
         zero_init_residual: bool = False,
     ) -> None:
@@ -58,3 +63,8 @@ class TorchvisionResNet(ResNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward_impl(x)
+
+
+for _name in TORCHVISION_RESNET_SPECS:
+    register_backbone(_name, summary=f"torchvision's {_name} without fc (`cifar_stem` for small images)")(
+        partial(TorchvisionResNet, _name))

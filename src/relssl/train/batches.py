@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from relssl.errors import ConfigError
+
 # Arrays up to this size are copied to the accelerator once, so a step only indexes device
 # memory; bigger ones stay memory-mapped on the host and are copied batch by batch.
 DEVICE_RESIDENT_BYTES = 4 * 1024**3
@@ -31,7 +33,7 @@ class BatchStream:
         world_size: int = 1,
     ) -> None:
         if len(images) < batch_size * world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"train.batch_size={batch_size} x {world_size} process(es) exceeds the "
                 f"{len(images)} training images; lower --batch-size"
             )

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from relssl.errors import CheckpointError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable or from an incompatible run."""
+__all__ = ["CheckpointError", "load_checkpoint", "save_backbone_safetensors", "save_checkpoint"]
 
 
 def _atomic_write(path: Path, write) -> None:

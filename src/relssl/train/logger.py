@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
+from relssl.errors import NonFiniteLossError
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+__all__ = ["NonFiniteLossError", "StepLog"]
 
 
 class StepLog:

@@ -16,12 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from relssl.augment import AugmentConfig, ViewAugment, to_normalized
-from relssl.config import RunConfig
+from relssl.errors import CheckpointError, ConfigError
 from relssl.methods import EpochContext, Method
+from relssl.optim import build_optimizer, build_scheduler
 from relssl.train.batches import BatchStream
-from relssl.train.checkpoint import CheckpointError, save_backbone_safetensors, save_checkpoint
+from relssl.train.checkpoint import save_backbone_safetensors, save_checkpoint
+from relssl.train.config import RunConfig
 from relssl.train.logger import StepLog
-from relssl.train.optim import build_optimizer, build_scheduler
 
 
 @dataclass
@@ -94,11 +95,12 @@ class Trainer:
         self.amp_dtype = autocast_dtype(config, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.augment_config = augment_config
+        self.normalization = augment_config.normalization()
         self.augment = ViewAugment(augment_config).to(device)
         self.aug_generator = torch.Generator(device=device).manual_seed(config.seed)
         self.stream = BatchStream(images, labels, config.train.batch_size, seed=config.seed, device=device)
         if self.stream.steps_per_epoch < 1:
-            raise ValueError("no full batch fits in the training split; lower --batch-size")
+            raise ConfigError("no full batch fits in the training split; lower --batch-size")
         self.state = TrainState()
         self.total_steps = config.train.max_steps or config.train.epochs * self.stream.steps_per_epoch
         self.scheduler = build_scheduler(config.optim, self.optimizer, self.total_steps, self.stream.steps_per_epoch)
@@ -121,7 +123,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "aug_generator": self.aug_generator.get_state(),
             "train_state": vars(self.state).copy(),
-            "normalization": {"mean": list(self.augment_config.mean), "std": list(self.augment_config.std)},
+            "normalization": {"mean": list(self.normalization[0]), "std": list(self.normalization[1])},
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
@@ -147,10 +149,10 @@ class Trainer:
 
     # ----------------------------------------------------------------- training
     def _epoch_context(self) -> EpochContext:
-        cfg = self.augment_config
+        mean, std = self.normalization
         return EpochContext(
             epoch=self.state.epoch, images=self.images, device=self.device, seed=self.config.seed,
-            normalize=functools.partial(to_normalized, mean=cfg.mean, std=cfg.std, size=cfg.size),
+            normalize=functools.partial(to_normalized, mean=mean, std=std, size=self.augment_config.size),
             optimizer=self.optimizer, progress=self.config.train.progress,
         )
 

@@ -1,15 +1,15 @@
-"""`relssl benchmark`: run a grid of methods × datasets × backbones × seeds and print the paper's table.
-
-`add_parser(subparsers)` adds the command to the `relssl` parser; `run(args)` executes it.
-`python -m relssl.benchmark_cli ...` runs it standalone.
-"""
+"""`relssl benchmark`: run a grid of methods × datasets × backbones × seeds and print the paper's table."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
-from typing import Any
+
+from relssl.benchmark import check_plan, grid_dir, load_grid, plan_cells, run_benchmark, write_reports
+from relssl.cli.options import RAW, parse_sets
+
+__all__ = ["add_parser", "run"]
 
 EPILOG = """\
 examples:
@@ -26,14 +26,14 @@ the paper's number beside ours). Grid file format: docs/protocols/benchmark.md.
 """
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `benchmark` to a subparsers action; returns the new parser."""
-    p = subparsers.add_parser(
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `benchmark` to the `relssl` sub-commands."""
+    p = sub.add_parser(
         "benchmark", help="run a grid of runs and print the paper's table beside ours",
         description="Run every cell of a benchmark grid (YAML: methods x datasets or protocols x "
         "backbones x seeds), skipping finished cells, then write a CSV of all runs and a markdown "
         "table of mean ± std over seeds with the published numbers beside ours.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG, formatter_class=RAW,
     )
     p.add_argument("--config", required=True, metavar="FILE", help="benchmark grid YAML (see configs/benchmarks/)")
     p.add_argument("--scale", help="one of the grid's scales, e.g. smoke or paper (default: the grid's default_scale, else its first)")
@@ -47,46 +47,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--list", action="store_true", help="validate every cell, show its state, run nothing")
     p.add_argument("--report-only", action="store_true", help="write the reports from finished runs, run nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="show each run's log lines and progress bars")
+    p.set_defaults(run=run, interrupt_hint="run the same command again to continue")
     return p
 
 
-def parse_sets(items: list[str], device: str | None = None) -> dict[str, Any]:
-    """`KEY=VALUE` strings (YAML values) as dotted overrides."""
-    from relssl.config import ConfigError, parse_value
-
-    sets: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        sets[key.strip()] = parse_value(value)
-    if device:
-        sets["train.device"] = device
-    return sets
-
-
 def run(args: argparse.Namespace) -> int:
-    """Execute parsed `relssl benchmark` arguments. Exit status: 0 ok, 1 a cell failed, 2 bad input, 130 stopped."""
-    from relssl.errors import USER_ERRORS
-
-    try:
-        return _run(args)
-    except USER_ERRORS as err:
-        print(f"relssl benchmark: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("relssl benchmark: interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
-
-
-def _run(args: argparse.Namespace) -> int:
-    from relssl.benchmark import check_plan, grid_dir, load_grid, plan_cells, run_benchmark, write_reports
-
+    """Execute parsed `relssl benchmark` arguments. Exit status: 0 ok, 1 a cell failed, 130 stopped."""
     grid = load_grid(args.config, args.scale)
-    sets = parse_sets(args.sets, args.device)
-    command = "relssl benchmark " + " ".join(
-        shlex.quote(a) for a in ["--config", args.config, "--scale", grid.scale]
-    )
+    sets = parse_sets(args.sets)
+    if args.device:
+        sets["train.device"] = args.device
+    command = "relssl benchmark " + " ".join(shlex.quote(a) for a in ["--config", args.config, "--scale", grid.scale])
     if args.list or args.report_only:
         planned = plan_cells(grid, args.output, sets=sets, only=args.only)
         if args.report_only:
@@ -111,20 +82,3 @@ def _run(args: argparse.Namespace) -> int:
         print("stopped early; run the same command again to continue", file=sys.stderr)
         return 130
     return 1 if result.failed else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """A standalone parser holding only `benchmark` (the `relssl` parser adds it the same way)."""
-    parser = argparse.ArgumentParser(prog="relssl")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_parser(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m relssl.benchmark_cli benchmark --config FILE ...`."""
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

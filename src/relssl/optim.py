@@ -1,19 +1,46 @@
-"""Pretraining optimizers (Adam, AdamW, SGD-Nesterov, LARS) and the per-step learning-rate schedule."""
+"""Pretraining optimizers (Adam, AdamW, SGD-Nesterov, LARS), their config section and the per-step lr schedule.
+
+A bottom helper: the linear probe (relssl.evaluate) uses `lars` and `lr_factor` too.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-if TYPE_CHECKING:  # at run time only the type is needed; keeps this module importable from relssl.evaluate
-    from relssl.config import OptimConfig
+from relssl.config import Section
+
+__all__ = ["OptimConfig", "build_optimizer", "build_scheduler", "lars", "lr_factor"]
 
 
-def _param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float, exclude_1d: bool) -> list[dict]:
+class OptimConfig(Section):
+    """Optimizer and lr schedule of the pretraining stage (paper 1: Adam, lr 1e-3, constant).
+
+    Paper 2 (RCL) uses LARS, base lr 0.3 at batch 4096, weight decay 1e-6, 10 warm-up epochs and
+    a cosine schedule; `lr` here is the lr actually used (scale it yourself, e.g. 0.3 * M / 256).
+    """
+
+    name: Literal["adam", "sgd", "adamw", "lars"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    schedule: Literal["constant", "cosine"] = "constant"  # per step, after the warm-up
+    warmup_epochs: float = Field(default=0.0, ge=0)  # linear warm-up from lr/warmup_steps to lr
+    trust_coefficient: float = Field(default=0.001, gt=0)  # LARS eta
+    exclude_bias_norm: bool | None = None  # no weight decay (and no LARS adaptation) on biases/BN; None: on for lars only
+
+    def excludes_bias_norm(self) -> bool:
+        """Whether biases and norm parameters skip weight decay (default: only under LARS)."""
+        return self.name == "lars" if self.exclude_bias_norm is None else self.exclude_bias_norm
+
+
+def _param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
+                  exclude_1d: bool) -> list[dict[str, Any]]:
     """Split parameters into decayed and not-decayed groups (biases and norm scales when `exclude_1d`)."""
     decay, no_decay = [], []
     for _, param in named:
@@ -45,7 +72,8 @@ def build_optimizer(opt: OptimConfig, module: nn.Module) -> torch.optim.Optimize
     return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=True)
 
 
-def lars(groups: list[dict], *, lr: float, momentum: float, trust_coeff: float, nesterov: bool = False):
+def lars(groups: list[dict[str, Any]], *, lr: float, momentum: float, trust_coeff: float,
+         nesterov: bool = False) -> torch.optim.Optimizer:
     """timm's LARS in which the first group (the weights) is always adapted, the others (biases, norms) never.
 
     timm adapts a group only when it has weight decay or `always_adapt`; without the flag a run

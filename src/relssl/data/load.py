@@ -1,0 +1,79 @@
+"""`load_split`: locate a split of any registered dataset, then decode it once into the cache."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from relssl.data import cache
+from relssl.data.arrays import ImageArrays
+from relssl.data.paths import can_create_in
+from relssl.data.registry import dataset_spec
+from relssl.errors import DataError
+
+__all__ = ["load_split"]
+
+
+def load_split(
+    name: str,
+    split: str,
+    root: str | Path | None = None,
+    *,
+    download: bool = True,
+    cache_dir: str | Path | None = None,
+    image_size: int | None = None,
+    progress: bool = True,
+) -> ImageArrays:
+    """Read one split of a dataset as uint8 images, decoding the source files only the first time.
+
+    `root` defaults to `./data/<default root>` (`./data/cifar100` for cifar100-20); in-memory
+    datasets such as digits ignore it and imagefolder requires it. `download=False` (the CLI's `--no-download`) turns missing files into
+    a DataError instead of a download. `image_size` brings every image to image_size x image_size
+    (None: the dataset's native size). The decoded split is stored under `cache_dir` (default
+    `<root>/.relssl_cache`, see relssl.data.cache) and memory-mapped from there on later calls.
+    """
+    dataset = dataset_spec(name)
+    if split not in dataset.splits:
+        raise DataError(f"unknown split {split!r} of {name}; choose from {', '.join(dataset.splits)}")
+    if image_size is not None and (not isinstance(image_size, (int, np.integer)) or image_size < 1):
+        raise DataError(f"image_size must be a positive integer or None, got {image_size!r}")
+    if dataset.load_in_memory is not None:
+        return dataset.load_in_memory(split, image_size)
+    if root is None:
+        if dataset.default_root is None:
+            raise DataError(f"dataset {name!r} needs a root: the folder that holds the images (--data-root DIR, config key data.root)")
+        root = Path("data") / dataset.default_root
+    root_path = Path(root).expanduser().absolute()
+    assert dataset.source is not None  # a file dataset (DatasetSpec checks that it has one of the two)
+    source = dataset.source(root_path, split, download=download, progress=progress)
+    params = {"version": cache.CACHE_VERSION, "dataset": name, "split": source.split,
+              "image_size": image_size, **source.params}
+    key = cache.fingerprint(source.files, root_path, params)
+    folder_name = cache.cache_folder_name(name, source.split, image_size)
+    if cache_dir is not None:
+        bases = [Path(cache_dir).expanduser().absolute()]
+        if not can_create_in(bases[0]):
+            raise DataError(
+                f"cache_dir {bases[0]} is not writable. Pass a writable cache_dir, or none for the default."
+            )
+    else:
+        bases = cache.default_cache_bases(root_path)
+    for base in bases:
+        hit = cache.load(base / folder_name, key)
+        if hit is not None:
+            return hit
+    arrays = source.build(image_size, progress)
+    info = {"dataset": name, "split": source.split, "image_size": image_size, "root": str(root_path)}
+    failures = []
+    for base in bases:
+        try:
+            return cache.store(base / folder_name, key, arrays, info)
+        except OSError as exc:
+            failures.append(f"{base / folder_name}: {exc}")
+    if cache_dir is not None:
+        raise DataError(f"cannot write the decode cache ({'; '.join(failures)}). Pass a writable cache_dir.")
+    warnings.warn(f"relssl: decode cache not written ({'; '.join(failures)}); the split will be decoded again "
+                  "next time. Pass a writable cache_dir to avoid this.", stacklevel=2)
+    return ImageArrays(np.ascontiguousarray(arrays.images), arrays.labels, arrays.classes)

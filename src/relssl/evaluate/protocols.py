@@ -1,0 +1,176 @@
+"""The evaluation a run ends with: each protocol scores a backbone and names its metrics.
+
+`evaluate_backbones` runs the configured protocol (`eval.protocol`: linear, finetune or semi) on
+every given backbone (the learned one, and its random initialisation when asked) and returns the
+metrics `relssl train` writes: `<protocol>_top1`, `random_init_<protocol>_top1`, ... Adding a
+protocol is one function in `PROTOCOLS`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from relssl.augment import to_normalized
+from relssl.evaluate.cache import FeatureCache
+from relssl.evaluate.config import EvalConfig, FinetuneConfig, LinearEvalConfig
+from relssl.evaluate.data import EvalData
+from relssl.evaluate.features import extract_features
+from relssl.evaluate.finetune import finetune
+from relssl.evaluate.linear import LinearEvalResult, linear_evaluation
+from relssl.evaluate.subset import balanced_subset
+
+__all__ = ["PROTOCOLS", "EvalContext", "ScoredBackbone", "evaluate_backbones", "evaluate_linear"]
+
+Log = Callable[[str], None]
+
+
+def evaluate_linear(
+    backbone: nn.Module,
+    data: EvalData,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    config: LinearEvalConfig,
+    device: torch.device,
+    cache: FeatureCache | None = None,
+    cache_key: str | None = None,
+    size: int | None = None,
+    feature_batch_size: int = 512,
+    progress: bool = True,
+    seed: int = 0,
+) -> LinearEvalResult:
+    """Extract (or reuse cached) frozen features of both splits, then fit and score a linear layer."""
+    backbone = backbone.to(device)
+    normalize = functools.partial(to_normalized, mean=mean, std=std, size=size)
+    feats = {}
+    for split_name, split in (("train", data.train), ("test", data.test)):
+        key = f"{cache_key}-{split_name}" if cache_key else None
+        cached = cache.get(key) if cache is not None and key else None
+        if cached is None:
+            cached = extract_features(
+                backbone, split.images, normalize=normalize, batch_size=feature_batch_size,
+                device=device, progress=progress, desc=f"features ({split_name})",
+            )
+            if cache is not None and key:
+                cache.put(key, cached)
+        feats[split_name] = cached
+    return linear_evaluation(
+        feats["train"], torch.from_numpy(np.array(data.train.labels, dtype=np.int64)),
+        feats["test"], torch.from_numpy(np.array(data.test.labels, dtype=np.int64)),
+        config, num_classes=data.train.num_classes, device=device, progress=progress, seed=seed,
+    )
+
+
+@dataclass(frozen=True)
+class ScoredBackbone:
+    """A backbone to evaluate: its metrics prefix ("" or "random_init_") and a feature-cache tag."""
+
+    backbone: nn.Module
+    prefix: str
+    cache_tag: str
+
+    @property
+    def who(self) -> str:
+        return "random-init backbone" if self.prefix else "learned backbone"
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """Everything a protocol needs besides the backbone: settings, data, normalisation, device."""
+
+    config: EvalConfig
+    finetune: FinetuneConfig
+    data: EvalData
+    dataset: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: int | None
+    device: torch.device
+    cache: FeatureCache | None
+    seed: int
+    progress: bool
+    log: Log
+
+
+def _linear(item: ScoredBackbone, ctx: EvalContext) -> dict[str, float]:
+    """Linear probe on raw features (the paper's protocol) and, with eval.report_standardized, z-scored ones."""
+    ev = ctx.config
+    variants = [("", ev.standardize)]
+    if ev.report_standardized and not ev.standardize:
+        variants.append(("std_", True))
+    out: dict[str, float] = {}
+    for suffix, standardize in variants:
+        result = evaluate_linear(
+            item.backbone, ctx.data, mean=ctx.mean, std=ctx.std, config=ev.model_copy(update={"standardize": standardize}),
+            device=ctx.device, cache=ctx.cache, cache_key=f"{item.cache_tag}-{ctx.dataset}", size=ctx.size,
+            feature_batch_size=ev.feature_batch_size, progress=ctx.progress, seed=ctx.seed,
+        )
+        out[f"{suffix}top1"] = result.top1
+        if result.top5 is not None:
+            out[f"{suffix}top5"] = result.top5
+        kind = "standardised" if standardize else "raw"
+        ctx.log(f"linear evaluation ({kind} features), {item.who}: top-1 {result.top1:.2f}%")
+    return out
+
+
+def _semi_subset(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray]:
+    """The class-balanced labelled subset of the semi-supervised protocol (paper 2, Table 2)."""
+    ev = ctx.config
+    index = balanced_subset(np.asarray(ctx.data.train.labels), ev.label_fraction, ev.subset_seed)
+    return np.asarray(ctx.data.train.images[index]), np.asarray(ctx.data.train.labels)[index]
+
+
+def _finetune_config(ctx: EvalContext) -> FinetuneConfig:
+    """The finetune settings; semi shrinks the batch when its subset is smaller than one."""
+    if ctx.config.protocol != "semi":
+        return ctx.finetune
+    labelled = len(balanced_subset(np.asarray(ctx.data.train.labels), ctx.config.label_fraction,
+                                   ctx.config.subset_seed))
+    return ctx.finetune.model_copy(update={"batch_size": min(ctx.finetune.batch_size, labelled)})
+
+
+def _finetune(item: ScoredBackbone, ctx: EvalContext) -> dict[str, float]:
+    """The whole network trained on the labelled split (`semi`: on its balanced subset)."""
+    protocol = ctx.config.protocol
+    images, labels = ctx.data.train.images, ctx.data.train.labels
+    if protocol == "semi":
+        images, labels = _semi_subset(ctx)
+    result = finetune(
+        item.backbone, images, labels, ctx.data.test.images, ctx.data.test.labels,
+        num_classes=ctx.data.train.num_classes, mean=ctx.mean, std=ctx.std, device=ctx.device,
+        config=_finetune_config(ctx), seed=ctx.seed, progress=ctx.progress, top5=True if protocol == "semi" else None,
+    )
+    ctx.log(f"{protocol} evaluation, {item.who}: top-1 {result['top1']:.2f}%")
+    return result
+
+
+#: protocol name -> function scoring one backbone; its keys are prefixed with "<protocol>_".
+PROTOCOLS: dict[str, Callable[[ScoredBackbone, EvalContext], Mapping[str, float]]] = {
+    "linear": _linear, "finetune": _finetune, "semi": _finetune,
+}
+
+
+def evaluate_backbones(backbones: list[ScoredBackbone], ctx: EvalContext) -> dict[str, Any]:
+    """Run `eval.protocol` on every backbone; the metrics and a record of the protocol's settings."""
+    ev = ctx.config
+    out: dict[str, Any] = {"eval_dataset": ctx.dataset, "eval_protocol": ev.protocol}
+    if ev.protocol == "semi":
+        n = len(_semi_subset(ctx)[1])
+        out.update(semi_label_fraction=ev.label_fraction, semi_labelled_images=n, semi_subset_seed=ev.subset_seed)
+        ctx.log(f"semi-supervised subset: {n} of {len(ctx.data.train)} labelled images "
+                f"({ev.label_fraction:g} of every class, subset seed {ev.subset_seed})")
+    score = PROTOCOLS[ev.protocol]
+    for item in backbones:
+        out.update({f"{item.prefix}{ev.protocol}_{k}": v for k, v in score(item, ctx).items()})
+    if ev.protocol == "linear":
+        out["linear_protocol"] = ev.protocol_summary()
+    else:
+        out["finetune_protocol"] = _finetune_config(ctx).model_dump()
+    return out

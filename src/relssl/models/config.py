@@ -1,0 +1,47 @@
+"""The `backbone` config section: a registered backbone's name and its options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import field_validator, model_validator
+from torch import nn
+
+from relssl.config import Section
+from relssl.models.registry import BACKBONES, backbone_options, create_backbone
+
+__all__ = ["BackboneConfig"]
+
+
+class BackboneConfig(Section):
+    """Backbone name and options (the keyword options of its registered factory, see relssl.models)."""
+
+    name: str = "conv4"
+    cifar_stem: bool | None = None  # only for backbones with that option (resnet18/34/50); None: its default
+    options: dict[str, Any] = {}  # any other option of the backbone, e.g. {pooling: max} for conv4
+
+    @field_validator("name")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        if name not in BACKBONES:
+            raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES.names())}")
+        return name
+
+    def create_kwargs(self) -> dict[str, Any]:
+        """Keyword options for create_backbone, leaving out unset ones."""
+        opts = dict(self.options)
+        if self.cifar_stem is not None:
+            opts["cifar_stem"] = self.cifar_stem
+        return opts
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> BackboneConfig:
+        try:
+            backbone_options(self.name, self.create_kwargs())
+        except ValueError as err:
+            raise ValueError(f"backbone options: {err}") from None
+        return self
+
+    def build(self) -> nn.Module:
+        """A freshly initialised backbone (draws from torch's global RNG: seed it first)."""
+        return create_backbone(self.name, **self.create_kwargs())

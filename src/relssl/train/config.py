@@ -1,0 +1,138 @@
+"""A run's typed configuration, assembled from the registry: run-level sections plus the method's own.
+
+    config = build_config(yaml_tree, {"optim.lr": 3e-4})
+
+`RunConfig` holds `method`, `seed`, the `data`, `backbone`, `finetune`, `augment`, `optim`,
+`train` and `eval` sections, and one section named after the method (e.g. `relational`) whose
+model the method registered. Sections of other registered methods may appear in a tree (a grid's
+base, an older checkpoint that carried every method's section): they are validated when given
+by the user and then left out, so a run's config holds only what it runs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, create_model, model_validator
+
+from relssl.augment import AugmentConfig
+from relssl.config import Section, describe_validation_error, validate_section
+from relssl.data import DataConfig
+from relssl.dicts import deep_copy, set_dotted
+from relssl.errors import ConfigError
+from relssl.evaluate import EvalConfig, FinetuneConfig
+from relssl.methods import METHODS
+from relssl.models import BackboneConfig
+from relssl.optim import OptimConfig
+
+__all__ = ["DEFAULT_METHOD", "RunConfig", "TrainConfig", "build_config", "run_config_class", "run_sections"]
+
+DEFAULT_METHOD = "relational"
+#: Sections every run has, in the order a config file lists them; the method's own follows `backbone`.
+RUN_SECTIONS = ("method", "seed", "data", "backbone", "finetune", "augment", "optim", "train", "eval")
+
+
+class TrainConfig(Section):
+    """Schedule, checkpoints, logging and device settings."""
+
+    epochs: int = Field(default=200, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)  # a fixed step budget overrides epochs
+    batch_size: int = Field(default=64, ge=2)  # M, images per step (per process)
+    checkpoint_every: int = Field(default=1, ge=1)  # epochs between periodic checkpoints
+    checkpoint_every_steps: int | None = Field(default=None, ge=1)
+    keep_periodic: bool = False  # also keep epoch-numbered checkpoints beside last.pt
+    log_every: int = Field(default=20, ge=1)  # steps between CSV flushes / host syncs
+    device: str = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    runs_dir: str = "runs"
+    run_name: str | None = None
+    progress: bool = True
+
+
+class RunConfig(Section):
+    """A whole `relssl train` run; `run_config_class(method)` adds the method's own section."""
+
+    method: str = DEFAULT_METHOD
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS.names())}")
+        if self.data.dataset == "imagefolder" and not self.data.root:
+            raise ValueError("data.root: the imagefolder dataset needs --data-root DIR")
+        if self.eval.dataset == "imagefolder" and not self.eval.root:
+            raise ValueError("eval.root: evaluating on imagefolder needs eval.root DIR")
+        return self
+
+    @property
+    def method_config(self) -> Section | None:
+        """The running method's own section (None for a method without settings)."""
+        value = getattr(self, self.method, None)
+        return value if isinstance(value, Section) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-safe dictionary of every setting, the method's section after `backbone`."""
+        tree = self.model_dump(mode="json")
+        order = [*RUN_SECTIONS[:4], self.method, *RUN_SECTIONS[4:]]
+        return {key: tree[key] for key in order if key in tree}
+
+
+@lru_cache(maxsize=None)
+def _run_config_class(method: str, section: type[Section] | None) -> type[RunConfig]:
+    if section is None:
+        return RunConfig
+    fields: dict[str, Any] = {method: (section, Field(default_factory=section))}
+    model: type[RunConfig] = create_model(f"RunConfig_{method}", __base__=RunConfig, **fields)
+    return model
+
+
+def run_config_class(method: str) -> type[RunConfig]:
+    """The RunConfig model of a run of `method`: the run-level sections and that method's section."""
+    return _run_config_class(method, METHODS.get(method).config)
+
+
+def run_sections(tree: dict[str, Any], method: str) -> dict[str, Any]:
+    """`tree` without the sections of other registered methods (they configure runs of those methods)."""
+    return {k: v for k, v in tree.items() if k == method or k not in METHODS}
+
+
+def _check_other_sections(tree: dict[str, Any], method: str) -> None:
+    """Validate the sections of methods this run does not use, so a typo in them still fails here."""
+    for key, value in tree.items():
+        if key == method or key in RUN_SECTIONS or key not in METHODS:
+            continue
+        section = METHODS.get(key).config
+        if section is None:
+            raise ConfigError(f"config key '{key}': method {key} has no settings")
+        validate_section(section, value, prefix=key)
+
+
+def build_config(tree: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None, *,
+                 check_other_methods: bool = True) -> RunConfig:
+    """Validate a nested dictionary plus dotted overrides into the RunConfig of the method they name.
+
+    `check_other_methods=False` drops other methods' sections unchecked (a saved config, whose
+    foreign sections may predate today's fields).
+    """
+    merged: dict[str, Any] = deep_copy(tree or {})
+    for key, value in (overrides or {}).items():
+        set_dotted(merged, key, value)
+    method = merged.get("method", DEFAULT_METHOD)
+    if not isinstance(method, str) or method not in METHODS:
+        raise ConfigError(f"config key 'method': unknown method {method!r}; choose from {', '.join(METHODS.names())}")
+    if check_other_methods:
+        _check_other_sections(merged, method)
+    try:
+        return run_config_class(method).model_validate(run_sections(merged, method))
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err)) from None
