@@ -32,7 +32,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from relssl.augment import AugmentConfig, ViewAugment
+from relssl.augment import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, ViewAugment
 from relssl.benchmark.machine import machine_info
 
 SIZE = 32
@@ -315,7 +315,7 @@ def main() -> None:
     parser.add_argument("--libraries", action="store_true", help="also time kornia and torchvision v2")
     parser.add_argument("--skip-step", action="store_true", help="skip (b)")
     args = parser.parse_args()
-    cfg = AugmentConfig(size=SIZE)
+    cfg = AugmentConfig(size=SIZE, mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
     n_images = args.m * (args.warmup + max(args.batches, args.step_batches)) * 2
     images, source = load_images(n_images)

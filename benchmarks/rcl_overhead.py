@@ -34,11 +34,10 @@ import torch
 
 from relssl.augment import AugmentConfig, ViewAugment, to_normalized
 from relssl.benchmark.machine import machine_info
-from relssl.config import build_config
 from relssl.evaluate import extract_features
-from relssl.methods import create_method
 from relssl.models import create_backbone
-from relssl.train.optim import build_optimizer
+from relssl.optim import build_optimizer
+from relssl.train import build_config, build_method
 
 
 def load_images(n: int, seed: int) -> tuple[np.ndarray, str]:
@@ -78,7 +77,7 @@ def build(method: str, args: argparse.Namespace, num_images: int):
     options = {"cifar_stem": True} if args.backbone in ("resnet18", "resnet34", "resnet50") else {}
     backbone = create_backbone(args.backbone, **options)
     torch.manual_seed(args.seed)
-    model = create_method(config, backbone, num_images=num_images, num_classes=10)
+    model = build_method(config, backbone, num_images=num_images, num_classes=10)
     return model, build_optimizer(config.optim, model)
 
 
@@ -124,7 +123,7 @@ def main() -> None:
     if os.environ.get("RELSSL_CIFAR10"):
         t0 = time.perf_counter()
         keys = extract_features(rcl.target.target, images, device=device, desc="keys",
-                                normalize=functools.partial(to_normalized, mean=aug_cfg.mean, std=aug_cfg.std, size=32))
+                                normalize=functools.partial(to_normalized, *aug_cfg.normalization(), size=32))
         features, what = torch.nn.functional.normalize(keys, dim=1), f"random-init keys of the images ({time.perf_counter() - t0:.0f} s)"
     else:
         features, what = clustered_features(n, args.dim, args.seed), "synthetic clustered unit vectors"

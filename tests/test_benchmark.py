@@ -18,7 +18,7 @@ from relssl.benchmark import (
     run_benchmark,
 )
 from relssl.benchmark.report import cell_rows, markdown_report
-from relssl.benchmark_cli import main as benchmark_main
+from relssl.cli import main as benchmark_main
 from relssl.train.setup import write_config
 
 REPO = Path(__file__).resolve().parents[1]

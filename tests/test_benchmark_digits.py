@@ -5,7 +5,7 @@ import json
 
 import yaml
 
-from relssl.benchmark_cli import main as benchmark_main
+from relssl.cli import main as benchmark_main
 
 GRID = {
     "name": "digits-e2e",

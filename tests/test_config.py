@@ -2,8 +2,11 @@
 
 import pytest
 
-from relssl.cli import base_config_tree, build_parser, train_overrides
-from relssl.config import ConfigError, build_config, load_yaml, parse_value
+from relssl.cli import build_parser
+from relssl.cli.train import base_config_tree, train_overrides
+from relssl.config import load_yaml, parse_value
+from relssl.errors import ConfigError
+from relssl.train.config import build_config
 
 
 def test_defaults_are_the_papers():

@@ -5,12 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from relssl.data import DATASET_NAMES, DataError, ImageArrays, dataset_splits, load_split
+from relssl.data import DATASETS, DataError, ImageArrays, dataset_spec, dataset_splits, load_split
 
 
 def test_names_and_splits() -> None:
-    assert DATASET_NAMES == ("digits", "cifar10", "cifar100", "cifar100-20", "stl10", "tiny-imagenet",
-                             "slimagenet64", "imagefolder")
+    assert set(DATASETS.names()) == {"digits", "cifar10", "cifar100", "cifar100-20", "stl10", "tiny-imagenet",
+                                     "slimagenet64", "imagefolder"}
+    assert DATASETS.names()[0] == "digits"  # the default registers first
+    assert dataset_spec("stl10").pretrain_split == "unlabeled"
+    assert dataset_spec("slimagenet64").eval_splits == ("train160", "test40")
+    assert dataset_spec("imagefolder").needs_root and not dataset_spec("cifar10").needs_root
     assert dataset_splits("digits") == ("train", "test")
     assert dataset_splits("cifar100-20") == ("train", "test")
     assert dataset_splits("stl10") == ("train", "test", "unlabeled")

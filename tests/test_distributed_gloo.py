@@ -38,8 +38,8 @@ def _worker(rank, init_file, out_dir):
                             timeout=timedelta(seconds=60))
     try:
         from relssl import distributed as rd
-        from relssl.config import build_config
-        from relssl.methods import create_method
+        from relssl.train.config import build_config
+        from relssl.train import build_method
         from relssl.methods.queue import FeatureQueue
         from relssl.models import create_backbone
 
@@ -64,7 +64,7 @@ def _worker(rank, init_file, out_dir):
         cfg = build_config({}, {"method": "mocov3", "mocov3.projector_hidden": [16], "mocov3.projector_dim": 8,
                                 "mocov3.predictor_hidden": 12, "mocov3.temperature": TAU})
         torch.manual_seed(0)
-        method = create_method(cfg, create_backbone("conv4"), num_images=40, num_classes=5)
+        method = build_method(cfg, create_backbone("conv4"), num_images=40, num_classes=5)
         views = _mocov3_views(rank)
         out = method.training_step(views, torch.full((B,), -1), torch.arange(B))
         res["loss"], res["pos_acc"] = out.loss.item(), out.metrics["pos_acc"].item()

@@ -72,20 +72,15 @@ def test_knn_rejects_bad_arguments() -> None:
 
 
 def test_cli_knn_on_digits(tmp_path, capsys) -> None:
-    import argparse
     import json
 
     from relssl.cli import main
-    from relssl.eval_tools_cli import add_parsers, run
 
     assert main(["train", "--epochs", "1", "--k", "2", "--runs-dir", str(tmp_path), "--run-name", "r",
                  "--no-progress", "--set", "eval.epochs=2", "--set", "eval.compare_random=false"]) == 0
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="protocol"))
     for weighting in ("exp", "majority"):
         out_json = tmp_path / f"{weighting}.json"
-        args = parser.parse_args(["knn", "--checkpoint", str(tmp_path / "r"), "--no-progress", "--k", "5",
-                                  "--weighting", weighting, "--json", str(out_json)])
-        assert run(args) == 0
+        assert main(["eval", "knn", "--checkpoint", str(tmp_path / "r"), "--no-progress", "--k", "5",
+                     "--weighting", weighting, "--json", str(out_json)]) == 0
         assert json.loads(out_json.read_text())["top1"] > 50.0  # digits: far above the 10% of chance
     assert "kNN accuracy (k=5" in capsys.readouterr().out

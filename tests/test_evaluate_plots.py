@@ -90,16 +90,10 @@ def test_tsne_plot_png(tmp_path) -> None:
 
 
 def test_cli_tsne_on_digits(tmp_path, capsys) -> None:
-    import argparse
-
     from relssl.cli import main
-    from relssl.eval_tools_cli import add_parsers, run
 
     assert main(["train", "--epochs", "1", "--k", "2", "--runs-dir", str(tmp_path), "--run-name", "r",
                  "--no-progress", "--set", "eval.epochs=2", "--set", "eval.compare_random=false"]) == 0
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="protocol"))
-    assert run(parser.parse_args(["tsne", "--checkpoint", str(tmp_path / "r"), "--no-progress",
-                                  "--max-points", "200"])) == 0
+    assert main(["eval", "tsne", "--checkpoint", str(tmp_path / "r"), "--no-progress", "--max-points", "200"]) == 0
     assert (tmp_path / "r" / "tsne.png").stat().st_size > 0
     assert "t-SNE plot" in capsys.readouterr().out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -94,22 +93,14 @@ def digits_run(tmp_path_factory) -> "object":
     return runs / "r"
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    from relssl.eval_tools_cli import add_parsers
-
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="protocol"))
-    return parser.parse_args(argv)
-
-
 def test_cli_retrieval_writes_grid_and_accuracy(digits_run, tmp_path, capsys) -> None:
     from PIL import Image
 
-    from relssl.eval_tools_cli import run
+    from relssl.cli import main
 
     result = tmp_path / "r.json"
-    assert run(parse(["retrieval", "--checkpoint", str(digits_run), "--no-progress", "--queries", "4",
-                      "--json", str(result)])) == 0
+    assert main(["eval", "retrieval", "--checkpoint", str(digits_run), "--no-progress", "--queries", "4",
+                 "--json", str(result)]) == 0
     out = capsys.readouterr().out
     assert "top-10 retrieval accuracy" in out
     grid = digits_run / "retrieval.png"
@@ -120,15 +111,16 @@ def test_cli_retrieval_writes_grid_and_accuracy(digits_run, tmp_path, capsys) ->
     assert any(p.name.endswith("-test.safetensors") for p in (digits_run / "features").iterdir())
 
     # The test split as its own gallery, without the query itself.
-    assert run(parse(["retrieval", "--checkpoint", str(digits_run), "--no-progress", "--gallery", "test",
-                      "--k", "5", "--output", str(tmp_path / "own.png")])) == 0
+    assert main(["eval", "retrieval", "--checkpoint", str(digits_run), "--no-progress", "--gallery", "test",
+                 "--k", "5", "--output", str(tmp_path / "own.png")]) == 0
     assert (tmp_path / "own.png").stat().st_size > 0
 
 
 def test_cli_random_init_without_checkpoint_needs_output(capsys) -> None:
-    from relssl.eval_tools_cli import run
+    from relssl.cli import main
 
-    with pytest.raises(ValueError, match="--output"):
-        run(parse(["retrieval", "--random-init", "--backbone", "conv4", "--no-progress"]))
-    with pytest.raises(ValueError, match="--checkpoint"):
-        run(parse(["knn", "--no-progress"]))
+    assert main(["eval", "retrieval", "--random-init", "--backbone", "conv4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--output" in err and err.count("\n") == 1  # one line, no traceback
+    assert main(["eval", "knn", "--no-progress"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err

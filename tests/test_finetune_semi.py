@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from relssl.cli import base_config_tree, main
-from relssl.config import ConfigError, build_config
+from relssl.cli import main
+from relssl.cli.train import base_config_tree
+from relssl.errors import ConfigError
+from relssl.train.config import build_config
 from relssl.evaluate.subset import balanced_subset, per_class_count
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from relssl.augment import to_normalized
-from relssl.config import ConfigError, build_config
+from relssl.errors import ConfigError
+from relssl.train.config import build_config
 from relssl.data import load_split
-from relssl.evaluate.finetune import FinetuneSettings, finetune
+from relssl.evaluate import FinetuneConfig, finetune
 from relssl.losses import relational_pairs
-from relssl.methods import EpochContext, create_method
+from relssl.methods import EpochContext
+from relssl.train import build_method
 from relssl.methods.rotnet import rotate_four
 from relssl.models import create_backbone
 
@@ -21,7 +23,7 @@ METHODS = ["relational", "simclr", "rotnet", "deepcluster", "dim", "supervised"]
 def _method(name, **overrides):
     cfg = build_config({}, {"method": name, "relational.k": 3, "deepcluster.num_clusters": 4, **overrides})
     torch.manual_seed(0)
-    return create_method(cfg, create_backbone("conv4"), num_images=40, num_classes=5)
+    return build_method(cfg, create_backbone("conv4"), num_images=40, num_classes=5)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -104,7 +106,7 @@ def test_finetune_learns_digits_from_scratch():
     backbone = create_backbone("conv4")
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     result = finetune(backbone, train.images, train.labels, test.images, test.labels, num_classes=10,
-                      mean=(0.5,) * 3, std=(0.3,) * 3, settings=FinetuneSettings(epochs=4, augment=False))
+                      mean=(0.5,) * 3, std=(0.3,) * 3, config=FinetuneConfig(epochs=4, augment=False))
     assert result["top1"] > 80.0
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())  # caller's copy untouched
 

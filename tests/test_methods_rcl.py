@@ -9,16 +9,19 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 import torch
 import torch.distributed as dist
 from gloo_spawn import run_ranks
 
 from relssl.augment import to_normalized
 from relssl.cluster import OnlineHierarchy, dbscan_levels, kmeans_levels
-from relssl.config import ConfigError, build_config
+from relssl.errors import ConfigError
+from relssl.train.config import build_config
 from relssl.losses import relative_contrastive_loss
-from relssl.methods import EpochContext, create_method
-from relssl.methods.rcl import RCL
+from relssl.methods import EpochContext
+from relssl.train import build_method
+from relssl.methods.rcl import RCL, RCLConfig
 from relssl.models import create_backbone
 
 N = 40  # images in the (fake) training split
@@ -44,7 +47,7 @@ def _one_thread():
 def _method(seed=0, **overrides):
     cfg = build_config({}, {"method": "rcl", **SMALL, **overrides})
     torch.manual_seed(seed)
-    return create_method(cfg, create_backbone("conv4"), num_images=N, num_classes=5)
+    return build_method(cfg, create_backbone("conv4"), num_images=N, num_classes=5)
 
 
 def _images(group=None, seed=0):
@@ -452,10 +455,10 @@ def test_offline_criteria_recluster_all_keys_at_every_epoch_start_after_the_warm
     ({"rcl.criteria": "kmeans"}, r"rcl\.kmeans_clusters"),
     ({"rcl.criteria": "kmeans", "rcl.kmeans_clusters": [4, 8]}, r"rcl\.kmeans_clusters"),
     ({"rcl.criteria": "kmeans", "rcl.kmeans_clusters": [8, 1]}, r"rcl\.kmeans_clusters"),
-    ({"rcl.radii": [0.8, 0.7, 0.6]}, r"rcl\.radii must be in \(0, 2\] .*strictly ascending"),
+    ({"rcl.radii": [0.8, 0.7, 0.6]}, r"rcl\.radii must increase from the finest level .*pass \(0\.6, 0\.7, 0\.8\)"),
     ({"rcl.radii": [0.0, 0.7]}, r"rcl\.radii"),
-    ({"rcl.radii": [0.6, 0.6]}, r"rcl\.radii .*strictly ascending"),
-    ({"rcl.radii": [0.5, 2.5]}, r"rcl\.radii must be in \(0, 2\]"),
+    ({"rcl.radii": [0.6, 0.6]}, r"rcl\.radii must increase"),
+    ({"rcl.radii": [0.5, 2.5]}, r"rcl\.radii must lie in \(0, 2\]"),
     ({"rcl.criteria": "dbscan", "rcl.radii": [0.6, 0.6]}, r"rcl\.radii"),
     ({"rcl.criteria": "kmeans", "rcl.kmeans_clusters": [8, 8]}, r"rcl\.kmeans_clusters .*strictly decreasing"),
     ({"rcl.criteria": "spectral"}, r"rcl\.criteria"),
@@ -470,12 +473,12 @@ def test_bad_criteria_settings_are_config_errors_naming_the_key(overrides, key):
     ({"rcl.hierarchy_options": {"merge_treshold": 0.5}}, r"rcl\.hierarchy_options: .*'merge_treshold'"),
     ({"rcl.hierarchy_options": {"merge_threshold": 1.5}}, r"rcl\.hierarchy_options: merge_threshold must be"),
 ])
-def test_bad_levels_fail_when_the_method_is_built_not_after_the_warmup(overrides, message):
-    """These pass the config section's checks (they depend on the dataset or on OnlineHierarchy's
-    options); before the fix they failed only when clustering began, with a message naming no key."""
-    cfg = build_config({}, {"method": "rcl", **SMALL, **overrides})
-    with pytest.raises(ValueError, match=message):
-        create_method(cfg, create_backbone("conv4"), num_images=N, num_classes=5)
+def test_bad_levels_fail_at_start_up_not_after_the_warmup(overrides, message):
+    """These depend on the dataset (checked when the method is built) or on OnlineHierarchy's options
+    (checked with the config); before they failed only when clustering began, naming no key."""
+    with pytest.raises(ConfigError, match=message):
+        cfg = build_config({}, {"method": "rcl", **SMALL, **overrides})
+        build_method(cfg, create_backbone("conv4"), num_images=N, num_classes=5)
 
 
 def test_good_levels_build_for_every_criteria_source():
@@ -485,11 +488,12 @@ def test_good_levels_build_for_every_criteria_source():
         _method(**overrides)  # kmeans ignores the radii; 2.0 is the largest unit-sphere distance
 
 
-def test_constructor_rejects_an_unknown_criteria_source_and_empty_levels():
-    with pytest.raises(ValueError, match="rcl.criteria must be one of online, kmeans, dbscan; got 'x'"):
-        RCL(create_backbone("conv4"), num_images=N, criteria="x")
-    with pytest.raises(ValueError, match=r"rcl\.kmeans_clusters must list at least one"):
-        RCL(create_backbone("conv4"), num_images=N, criteria="kmeans")
+def test_config_rejects_an_unknown_criteria_source_and_empty_levels():
+    with pytest.raises(ValidationError, match="'online', 'kmeans' or 'dbscan'"):
+        RCLConfig(criteria="x")
+    with pytest.raises(ValidationError, match=r"rcl\.kmeans_clusters must list >= 2 clusters per level"):
+        RCLConfig(criteria="kmeans")
+    RCL(create_backbone("conv4"), RCLConfig(criteria="kmeans", kmeans_clusters=[8, 2]), num_images=N)
 
 
 # ----------------------------------------------------------------------------- checkpoints

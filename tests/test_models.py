@@ -10,13 +10,16 @@ import torchvision
 from torch import nn
 
 from relssl.models import (
-    BACKBONE_NAMES,
-    BACKBONE_OPTIONS,
+    BACKBONES,
+    Backbone,
     Conv4,
+    FeatureMapBackbone,
     ProjectionMLP,
     RelationHead,
     create_backbone,
 )
+
+BACKBONE_NAMES = BACKBONES.names()
 
 # Parameter counts without a classifier. conv4 / CIFAR ResNets: the reference code's numbers;
 # torchvision: resnetXX() total minus fc (513,000 / 513,000 / 2,049,000).
@@ -40,7 +43,18 @@ def n_params(m: nn.Module) -> int:
 
 
 def test_names_and_options_agree() -> None:
-    assert set(BACKBONE_NAMES) == set(BACKBONE_OPTIONS) == set(PARAM_COUNTS)
+    assert set(BACKBONE_NAMES) == set(PARAM_COUNTS)
+    options = {name: dict(BACKBONES.get(name).options().model_dump()) for name in BACKBONE_NAMES}
+    assert options["conv4"] == {"in_channels": 3, "pooling": "avg"}
+    assert options["resnet32"] == {"in_channels": 3}
+    assert options["resnet50"] == {"in_channels": 3, "cifar_stem": False, "zero_init_residual": False}
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_every_backbone_satisfies_the_protocol(name: str) -> None:
+    model = create_backbone(name)
+    assert isinstance(model, Backbone) and isinstance(model, FeatureMapBackbone)
+    assert model.feature_dim == FEATURE_DIMS[name]
 
 
 @pytest.mark.parametrize("name", BACKBONE_NAMES)

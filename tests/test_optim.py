@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from relssl.augment import AugmentConfig
-from relssl.config import OptimConfig, build_config
-from relssl.methods import create_method
+from relssl.optim import OptimConfig
+from relssl.train.config import build_config
+from relssl.train import build_method
 from relssl.models import create_backbone
 from relssl.train.checkpoint import load_checkpoint
-from relssl.train.optim import build_optimizer, build_scheduler, lr_factor
+from relssl.optim import build_optimizer, build_scheduler, lr_factor
 from relssl.train.run import build_backbone
 from relssl.train.trainer import Trainer
 
@@ -64,7 +65,7 @@ def _byol(**overrides):
     cfg = build_config({}, {"method": "byol", "byol.projector_hidden": [16], "byol.projector_dim": 8,
                             "byol.predictor_hidden": 12, **overrides})
     torch.manual_seed(0)
-    return cfg, create_method(cfg, create_backbone("conv4"), num_images=40, num_classes=5)
+    return cfg, build_method(cfg, create_backbone("conv4"), num_images=40, num_classes=5)
 
 
 def test_lars_puts_biases_and_norms_in_an_undecayed_group_and_skips_frozen_targets():
@@ -174,7 +175,7 @@ def _trainer(tmp_path, name, method, run="run", **overrides):
     images, labels = _arrays()
     run_dir = tmp_path / run
     run_dir.mkdir(exist_ok=True)
-    m = create_method(cfg, build_backbone(cfg), num_images=len(images), num_classes=3)
+    m = build_method(cfg, build_backbone(cfg), num_images=len(images), num_classes=3)
     return Trainer(cfg, m, images, labels, AugmentConfig(), torch.device("cpu"), run_dir)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relssl.config import build_config
+from relssl.train.config import build_config
 from relssl.train.run import run_training
 
 CIFAR10 = os.environ.get("RELSSL_CIFAR10")

@@ -8,11 +8,13 @@ import torch
 
 from relssl.augment import AugmentConfig
 from relssl.cli import main
-from relssl.config import build_config
-from relssl.methods import StepOutput, create_method
-from relssl.train.checkpoint import CheckpointError, load_checkpoint
-from relssl.train.logger import NonFiniteLossError
-from relssl.train.run import build_backbone, semi_supervised_labels
+from relssl.train.config import build_config
+from relssl.methods import StepOutput
+from relssl.train import build_method
+from relssl.errors import CheckpointError
+from relssl.train.checkpoint import load_checkpoint
+from relssl.errors import NonFiniteLossError
+from relssl.train.run import build_backbone
 from relssl.train.trainer import Trainer
 
 
@@ -27,7 +29,7 @@ def _trainer(tmp_path, max_steps, name="run"):
     images, labels = _arrays()
     run_dir = tmp_path / name
     run_dir.mkdir(exist_ok=True)
-    method = create_method(cfg, build_backbone(cfg), num_images=len(images), num_classes=3)
+    method = build_method(cfg, build_backbone(cfg), num_images=len(images), num_classes=3)
     return Trainer(cfg, method, images, labels, AugmentConfig(), torch.device("cpu"), run_dir)
 
 
@@ -101,11 +103,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_semi_supervised_labels_are_stratified_and_seeded():
     labels = np.repeat(np.arange(4), 25)
-    kept = semi_supervised_labels(labels, 0.2, seed=3)
+    cfg = build_config({}, {"relational.k": 2, "relational.labelled_fraction": 0.2})
+    method = build_method(cfg, build_backbone(cfg), num_images=len(labels), num_classes=4)
+    kept = method.training_labels(labels, seed=3)
     assert (kept >= 0).sum() == 20
     assert all((kept == c).sum() == 5 for c in range(4))
-    assert np.array_equal(kept, semi_supervised_labels(labels, 0.2, seed=3))
+    assert np.array_equal(kept, method.training_labels(labels, seed=3))
+    assert not np.array_equal(kept, method.training_labels(labels, seed=4))
     assert np.all((kept == -1) | (kept == labels))
+    unsupervised = build_config({}, {"relational.k": 2})
+    plain = build_method(unsupervised, build_backbone(unsupervised), num_images=len(labels), num_classes=4)
+    assert np.array_equal(plain.training_labels(labels, seed=3), labels)
 
 
 def test_cli_train_and_eval_on_digits(tmp_path, capsys):

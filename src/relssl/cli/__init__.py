@@ -14,6 +14,7 @@ import traceback
 
 from relssl import __version__
 from relssl.cli import benchmark, eval, train
+from relssl.cli.plugins import load_plugins
 from relssl.errors import RelsslError
 
 __all__ = ["build_parser", "main"]
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 ok, 1 an internal error (with traceback), 2 a user error (one line), 130 interrupted."""
+    try:
+        load_plugins()  # before the parser, so --help lists the plugins' parts
+    except RelsslError as err:
+        print(f"relssl: error: {err}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     name = " ".join(p for p in (args.command, getattr(args, "protocol", None)) if p)
     try:
