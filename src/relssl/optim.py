@@ -42,7 +42,8 @@ class OptimConfig(Section):
 def _param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
                   exclude_1d: bool) -> list[dict[str, Any]]:
     """Split parameters into decayed and not-decayed groups (biases and norm scales when `exclude_1d`)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, param in named:
         if not param.requires_grad:
             continue

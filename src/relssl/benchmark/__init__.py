@@ -9,8 +9,8 @@ The command is `relssl benchmark` (relssl.benchmark_cli); the file format is doc
 docs/protocols/benchmark.md.
 """
 
-from relssl.benchmark.grid import Axis, AxisValue, Cell, Grid, GridError, load_grid, parse_paper_value
 from relssl.benchmark.formatting import format_mean_std, format_paper, format_value
+from relssl.benchmark.grid import Axis, AxisValue, Cell, Grid, GridError, load_grid, parse_paper_value
 from relssl.benchmark.report import cell_rows, markdown_report, write_reports
 from relssl.benchmark.runner import (
     BenchmarkError,

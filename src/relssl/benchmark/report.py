@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from relssl.benchmark.cells import PlannedCell, flat_metrics, read_metrics
 from relssl.benchmark.formatting import NOT_RUN, UNKNOWN, format_mean_std, format_paper
 from relssl.benchmark.grid import Grid, table_labels, table_title
-from relssl.benchmark.cells import PlannedCell, flat_metrics, read_metrics
 
 RANDOM_PREFIX = "random_init_"
 ID_FIELDS = ("grid", "scale", "cell_id", "run_name")
@@ -155,6 +155,7 @@ def _table(grid: Grid, rows: Sequence[Mapping[str, Any]], metric: str, row_label
 def _drop_table(grid: Grid, rows: Sequence[Mapping[str, Any]], row_labels: Sequence[str],
                 col_labels: Sequence[str], expected: int) -> list[str]:
     """The headline metric's drop from the baseline: baseline minus cell, paired by seed, mean ± std."""
+    assert grid.baseline is not None  # only called for grids with a baseline
     axis, reference = grid.baseline
     title = grid.axis(axis).title(reference)
     value = {(grid.row_label(r), grid.column_label(r), r["seed"]): float(r[r["table_metric"]])
@@ -172,8 +173,8 @@ def _drop_table(grid: Grid, rows: Sequence[Mapping[str, Any]], row_labels: Seque
         cells = [table_title(grid, grid.rows, row)]
         for col in col_labels:
             ref = (partner(row, grid.rows), partner(col, grid.columns))
-            drops = [value[(*ref, seed)] - v for (r, c, seed), v in value.items()
-                     if (r, c) == (row, col) and (*ref, seed) in value]
+            drops = [value[ref + (seed,)] - v for (r, c, seed), v in value.items()
+                     if (r, c) == (row, col) and ref + (seed,) in value]
             cells.append(format_mean_std(drops, expected))
         out.append("| " + " | ".join(cells) + " |")
     return out

@@ -232,7 +232,7 @@ def run_benchmark(grid: Grid, output_root: str | Path, *, runner: Runner = train
             if pc.state == "restart":
                 moved = move_aside(pc.run_dir)
                 say(f"{pc.name}: {pc.run_dir} had nothing to resume; moved to {moved.name}")
-            log: Log = (lambda s, _n=pc.name: say(f"  [{_n}] {s}")) if verbose else (lambda s: None)
+            log = _cell_log(say, pc.name) if verbose else _quiet
             t0 = time.perf_counter()
             try:
                 metrics = runner(pc.config, pc.run_dir, log)
@@ -263,6 +263,15 @@ def run_benchmark(grid: Grid, output_root: str | Path, *, runner: Runner = train
         if report:
             result.csv_path, result.markdown_path = write_reports(grid, planned, result.out_dir, command)
     return result
+
+
+def _quiet(line: str) -> None:
+    """A cell's log when not verbose: its lines are dropped."""
+
+
+def _cell_log(say: Log, name: str) -> Log:
+    """A cell's log when verbose: each line prefixed with the cell's name."""
+    return lambda line: say(f"  [{name}] {line}")
 
 
 def _result_text(pc: PlannedCell) -> str:

@@ -158,6 +158,9 @@ def run_retrieval(args: argparse.Namespace) -> int:
     queries = setup.features("test").to(setup.device)
     own = args.gallery == "test"
     gallery = queries if own else setup.features("train").to(setup.device)
+    if args.k > len(gallery) - own:
+        raise ConfigError(f"--k {args.k} asks for more neighbours than the {len(gallery) - own} images the "
+                          f"{args.gallery} gallery offers each query")
     _, indices = cosine_topk(queries, gallery, args.k, exclude_self=own)
     indices = indices.cpu()
     query_labels, gallery_labels = setup.labels("test"), setup.labels(args.gallery)

@@ -129,13 +129,13 @@ class OnlineHierarchy(ClusterTree):
         merge with siblings whose centres have cosine > merge_threshold. Duplicate indices keep
         their first occurrence. Returns what was done per level.
         """
-        self._require_initialized()
+        bank = self._require_initialized()
         idx, feats = self._check_batch(indices, features)
         k = self.num_levels - 1
         if idx.numel() == 0:
             return UpdateStats(*([(0,) * k] * 5))
         m = self.feature_momentum
-        new = feats if m == 0.0 else F.normalize(m * self.bank[idx] + (1.0 - m) * feats, dim=1, eps=1e-12)
+        new = feats if m == 0.0 else F.normalize(m * bank[idx] + (1.0 - m) * feats, dim=1, eps=1e-12)
         self.write_features(idx, new)
         stats: list[list[int]] = [[], [], [], [], []]
         below = idx
@@ -295,9 +295,10 @@ class OnlineHierarchy(ClusterTree):
             raise ValueError(f"indices must be a 1-D integer tensor; got shape {tuple(idx.shape)}, dtype {idx.dtype}")
         idx = idx.to(self.device).long()
         x = normalize_features(features).to(self.device)
-        if x.shape != (idx.numel(), self.bank.shape[1]):
+        dim = self._require_initialized().shape[1]
+        if x.shape != (idx.numel(), dim):
             raise ValueError(
-                f"features must be ({idx.numel()}, {self.bank.shape[1]}) to match indices and the bank; got {tuple(x.shape)}"
+                f"features must be ({idx.numel()}, {dim}) to match indices and the bank; got {tuple(x.shape)}"
             )
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_samples):
             raise ValueError(f"indices must lie in [0, {self.num_samples}); got range [{int(idx.min())}, {int(idx.max())}]")

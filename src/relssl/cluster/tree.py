@@ -85,10 +85,10 @@ class ClusterTree:
 
     def centres(self, level: int, cluster_ids: torch.Tensor) -> torch.Tensor:
         """Unit-norm mean features (len(ids), d) of clusters at `level` (level 0: the bank rows)."""
-        self._require_initialized()
+        bank = self._require_initialized()
         ids = torch.as_tensor(cluster_ids, device=self.device).long()
         if level == 0:
-            return self.bank[ids]
+            return bank[ids]
         dirty = self._dirty[level - 1]
         stale_rows = ids[dirty[ids]]
         if stale_rows.numel():
@@ -131,8 +131,9 @@ class ClusterTree:
 
         Returns the (B, L) labels of the rows.
         """
-        delta = quantize(new) - quantize(self.bank[idx])
-        self.bank[idx] = new
+        bank = self._require_initialized()
+        delta = quantize(new) - quantize(bank[idx])
+        bank[idx] = new
         batch = self.labels_of(idx)
         ones = torch.ones_like(idx)
         for h in range(1, self.num_levels):
@@ -276,7 +277,7 @@ class ClusterTree:
         return torch.ones_like(units) if h == 1 else self._counts[h - 2][units]
 
     def _unit_sums(self, h: int, units: torch.Tensor) -> torch.Tensor:
-        return quantize(self.bank[units]) if h == 1 else self._sums[h - 2][units]
+        return quantize(self._require_initialized()[units]) if h == 1 else self._sums[h - 2][units]
 
     def _fresh_ids(self, h: int, k: int) -> torch.Tensor:
         """The k smallest free (empty) ids of level h; at most N clusters exist, so they exist."""
@@ -327,9 +328,11 @@ class ClusterTree:
             raise ValueError(f"cluster {cid} does not exist at level {level}")
         return cid
 
-    def _require_initialized(self) -> None:
+    def _require_initialized(self) -> torch.Tensor:
+        """The feature bank; a RuntimeError before `initialize` has filled it."""
         if self.bank is None:
             raise RuntimeError("the hierarchy has no features yet: call initialize(features) before update, split or merge")
+        return self.bank
 
 
 def positive_int(name: str, value: object) -> int:

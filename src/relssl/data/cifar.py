@@ -23,10 +23,10 @@ from relssl.data import imagefolder
 from relssl.data.arrays import ImageArrays
 from relssl.data.download import Archive, ensure_extracted
 from relssl.data.registry import register_dataset
-from relssl.errors import DataError
 from relssl.data.resize import resize_images
 from relssl.data.source import Source
 from relssl.data.unpickle import load_pickle
+from relssl.errors import DataError
 
 CIFAR10_ARCHIVE = Archive(
     "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz",

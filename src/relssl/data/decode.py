@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from relssl.errors import DataError
 from relssl.data.resize import fit_image
 from relssl.data.workers import default_workers
+from relssl.errors import DataError
 
 _CHUNK = 256
 _MIN_FOR_PROCESSES = 2048  # below this a pool of processes costs more than it saves

@@ -68,7 +68,7 @@ def load(split: str, image_size: int | None = None) -> ImageArrays:
     gray = np.rint(images[idx] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     size = image_size or DEFAULT_SIZE
     if size != gray.shape[1]:
-        gray = np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.BILINEAR)) for g in gray])
+        gray = np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.Resampling.BILINEAR)) for g in gray])
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     labels = targets[idx]
     rgb.flags.writeable = False

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from relssl.errors import DataError
 from relssl.data.paths import can_create_in
+from relssl.errors import DataError
 
 _BLOCK = 1 << 20
 

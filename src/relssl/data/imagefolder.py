@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from relssl.data.arrays import ImageArrays
-from relssl.data.decode import decode_images, image_size as read_image_size
-from relssl.errors import DataError
+from relssl.data.decode import decode_images
+from relssl.data.decode import image_size as read_image_size
 from relssl.data.registry import register_dataset
 from relssl.data.source import Source
+from relssl.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm"})
 SPLIT_FOLDERS = ("train", "val", "test")

@@ -25,7 +25,7 @@ def fit_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     scale = max(height / image.height, width / image.width)
     new_w = max(width, round(image.width * scale))
     new_h = max(height, round(image.height * scale))
-    image = image.resize((new_w, new_h), Image.BILINEAR)
+    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - width) // 2, (new_h - height) // 2
     return image.crop((left, top, left + width, top + height))
 

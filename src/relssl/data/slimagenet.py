@@ -34,9 +34,9 @@ import numpy as np
 
 from relssl.data import imagefolder
 from relssl.data.arrays import ImageArrays
-from relssl.errors import DataError
 from relssl.data.registry import register_dataset
 from relssl.data.source import Source
+from relssl.errors import DataError
 
 ZENODO_URL = "https://zenodo.org/record/3672132"
 OFFICIAL_SPLITS = ("train", "val", "test")

@@ -17,10 +17,10 @@ import numpy as np
 
 from relssl.data.arrays import ImageArrays
 from relssl.data.download import Archive, ensure_extracted
-from relssl.errors import DataError
-from relssl.data.resize import resize_images
 from relssl.data.registry import register_dataset
+from relssl.data.resize import resize_images
 from relssl.data.source import Source
+from relssl.errors import DataError
 
 STL10_ARCHIVE = Archive(
     "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", "stl10_binary.tar.gz",

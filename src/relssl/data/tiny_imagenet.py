@@ -20,9 +20,9 @@ import numpy as np
 from relssl.data import imagefolder
 from relssl.data.arrays import ImageArrays
 from relssl.data.download import Archive, ensure_extracted
-from relssl.errors import DataError
 from relssl.data.registry import register_dataset
 from relssl.data.source import Source
+from relssl.errors import DataError
 
 TINY_IMAGENET_ARCHIVE = Archive(
     "http://cs231n.stanford.edu/tiny-imagenet-200.zip", "tiny-imagenet-200.zip",

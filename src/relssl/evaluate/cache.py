@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import safetensors.torch as _safetensors
 import torch
 
-try:
-    import safetensors.torch as _safetensors
-except ImportError:  # pragma: no cover - safetensors is a declared dependency
-    _safetensors = None
+from relssl.errors import DataError
 
 __all__ = ["FeatureCache"]
 
@@ -29,20 +27,16 @@ Format = Literal["safetensors", "npy"]
 class FeatureCache:
     """Feature tensors stored one file per key under ``directory``.
 
-    Files are safetensors (or ``.npy`` when safetensors is not installed): reading one never runs
+    Files are safetensors (or ``.npy`` with ``format="npy"``): reading one never runs
     pickle, so a cache directory from elsewhere cannot execute code. Each write goes to a temporary
     file in the same directory and is moved into place with ``os.replace``, so a crash leaves either
     the old entry or the new one, never half a file. Keys are file-name-safe strings
     (letters, digits and ``. _ = + -``), e.g. ``"resnet32-ep200-cifar10-train"``.
     """
 
-    def __init__(self, directory: str | Path, *, format: Format | None = None) -> None:
-        if format is None:
-            format = "safetensors" if _safetensors is not None else "npy"
+    def __init__(self, directory: str | Path, *, format: Format = "safetensors") -> None:
         if format not in _SUFFIX:
             raise ValueError(f"format must be 'safetensors' or 'npy', got {format!r}")
-        if format == "safetensors" and _safetensors is None:
-            raise ValueError("format='safetensors' needs the safetensors package: pip install safetensors")
         self.directory = Path(directory)
         self.format: Format = format
 
@@ -71,7 +65,7 @@ class FeatureCache:
                 return tensors[_TENSOR_NAME]
             return torch.from_numpy(np.load(path, allow_pickle=False))
         except Exception as error:  # noqa: BLE001 - any failure to parse means the same thing to the caller
-            raise ValueError(f"feature cache file {path} is unreadable ({error}); delete it to recompute") from error
+            raise DataError(f"feature cache file {path} is unreadable ({error}); delete it to recompute") from error
 
     def put(self, key: str, features: torch.Tensor) -> None:
         """Store ``features`` (copied to CPU) under ``key``, replacing any previous entry atomically."""

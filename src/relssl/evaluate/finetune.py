@@ -52,7 +52,8 @@ def finetune(
     classifier = nn.Linear(feature_dim(model), num_classes).to(device)
     params = list(model.parameters()) + list(classifier.parameters())
     optimizer = torch.optim.Adam(params, lr=settings.lr)
-    augment = ViewAugment(AugmentConfig(scale=(0.25, 1.0), jitter_p=0.0, gray_p=0.0, mean=tuple(mean), std=tuple(std)))
+    augment = ViewAugment(AugmentConfig.model_validate(
+        {"scale": (0.25, 1.0), "jitter_p": 0.0, "gray_p": 0.0, "mean": mean, "std": std}))
     aug_gen = torch.Generator(device=device).manual_seed(seed)
     images = torch.from_numpy(np.array(train_images, copy=True))
     labels = torch.from_numpy(train_labels)

@@ -82,12 +82,11 @@ def save_retrieval_grid(
         raise ValueError(f"need Q >= 1 queries with k >= 1 neighbours each, got {queries.shape[0]} queries "
                          f"and neighbour_images of shape {neighbours.shape}")
     labelled = query_labels is not None and neighbour_labels is not None
-    if labelled:
-        query_labels = np.asarray(query_labels, dtype=np.int64)
-        neighbour_labels = np.asarray(neighbour_labels, dtype=np.int64)
-        if query_labels.shape != (num_q,) or neighbour_labels.shape != (num_q, k):
-            raise ValueError(f"query_labels must have shape ({num_q},) and neighbour_labels ({num_q}, {k}), "
-                             f"got {query_labels.shape} and {neighbour_labels.shape}")
+    q_labels = np.asarray(query_labels if labelled else np.zeros(num_q), dtype=np.int64)
+    n_labels = np.asarray(neighbour_labels if labelled else np.zeros((num_q, k)), dtype=np.int64)
+    if q_labels.shape != (num_q,) or n_labels.shape != (num_q, k):
+        raise ValueError(f"query_labels must have shape ({num_q},) and neighbour_labels ({num_q}, {k}), "
+                         f"got {q_labels.shape} and {n_labels.shape}")
 
     row_in = CELL_IN + (LABEL_IN if labelled else 0.08)
     width, height = (k + 1) * CELL_IN + GAP_IN + 0.2, num_q * row_in + HEADER_IN
@@ -104,8 +103,8 @@ def save_retrieval_grid(
             if not labelled:
                 _frame(ax, QUERY_COLOR if col == 0 else "#bbbbbb", 1.0)
             else:
-                label = int(query_labels[row] if col == 0 else neighbour_labels[row, col - 1])
-                match = label == int(query_labels[row])
+                label = int(q_labels[row] if col == 0 else n_labels[row, col - 1])
+                match = label == int(q_labels[row])
                 color = QUERY_COLOR if col == 0 else (MATCH_COLOR if match else MISMATCH_COLOR)
                 _frame(ax, color, 2.5 if col == 0 else 4.0)
                 ax.set_xlabel(_name(label, class_names), fontsize=8, labelpad=2,

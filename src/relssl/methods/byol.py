@@ -34,7 +34,7 @@ class BYOL(TwoViewMethod):
 
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         v1, v2 = views.chunk(2)
-        p1, p2 = self.predictor(self.project(v1)), self.predictor(self.project(v2))
+        p1, p2 = self.predict(self.project(v1)), self.predict(self.project(v2))
         z1, z2 = self.keys(v1), self.keys(v2)
         neg_cos = (negative_cosine(p1, z2) + negative_cosine(p2, z1)) / 2
         loss = 4.0 + 4.0 * neg_cos  # sum of the two 2 - 2cos terms

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from pydantic import Field
+from torch import nn
 
 from relssl.cluster.kmeans import kmeans_assign, pca_whiten_l2
 from relssl.config import Section
@@ -40,6 +39,8 @@ class DeepCluster(Method):
     """
 
     metric_names = ("cluster_acc",)
+    pseudo_labels: torch.Tensor
+    cluster_weights: torch.Tensor
 
     def __init__(self, backbone: nn.Module, config: DeepClusterConfig | None = None, *, num_images: int) -> None:
         super().__init__(backbone, num_views=1)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from pydantic import Field
+from torch import nn
 
 from relssl.config import Section
 from relssl.losses.infomax import DIMHeads

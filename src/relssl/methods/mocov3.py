@@ -39,7 +39,7 @@ class MoCoV3(TwoViewMethod):
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         v1, v2 = views.chunk(2)
         m = v1.shape[0]
-        q1, q2 = self.predictor(self.project(v1)), self.predictor(self.project(v2))
+        q1, q2 = self.predict(self.project(v1)), self.predict(self.project(v2))
         k1, k2 = gather_no_grad(self.keys(v1)), gather_no_grad(self.keys(v2))
         offset = rank() * m
         loss = (cross_view_nce(q1, k2, self.temperature, offset) + cross_view_nce(q2, k1, self.temperature, offset))

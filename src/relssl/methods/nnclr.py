@@ -70,7 +70,7 @@ class NNCLR(TwoViewMethod):
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         v1, v2 = views.chunk(2)
         z1, z2 = self.project(v1), self.project(v2)
-        p1, p2 = self.predictor(z1), self.predictor(z2)
+        p1, p2 = self.predict(z1), self.predict(z2)
         if self.target is not None:
             k1, k2 = self.keys(v1), self.keys(v2)
         else:

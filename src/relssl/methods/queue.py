@@ -16,6 +16,11 @@ class FeatureQueue(nn.Module):
     only the rows written so far, never random filler. State is in buffers, so checkpoints carry it.
     """
 
+    keys: torch.Tensor
+    indices: torch.Tensor
+    ptr: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, size: int, dim: int) -> None:
         super().__init__()
         if size < 1 or dim < 1:

@@ -90,6 +90,8 @@ class RCL(TwoViewMethod):
     """
 
     metric_names = ("positive_rate", "clusters_top")
+    level_labels: torch.Tensor
+    clustered: torch.Tensor
 
     def __init__(self, backbone: nn.Module, config: RCLConfig | None = None, *, num_images: int, seed: int = 0) -> None:
         config = config if config is not None else RCLConfig()
@@ -115,7 +117,7 @@ class RCL(TwoViewMethod):
         self.queue = FeatureQueue(config.queue_size, config.projector_dim)
         self.register_buffer("level_labels", torch.arange(num_images).unsqueeze(1).repeat(1, self.num_levels))
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
-        self.hierarchy = None  # OnlineHierarchy, created at the end of the warm-up
+        self.hierarchy: OnlineHierarchy | None = None  # created at the end of the warm-up
         # Host copies read every step (no device sync); refreshed from the buffers on load.
         self._clustered = False
         self._clusters_top = num_images
@@ -160,10 +162,10 @@ class RCL(TwoViewMethod):
             self.hierarchy.initialize(keys.to(self.level_labels.device))
             labels = self.hierarchy.labels
         elif self.criteria == "kmeans":
-            labels = kmeans_levels(keys, self.config.kmeans_clusters, seed=self.seed * 1000 + context.epoch)
+            labels, _ = kmeans_levels(keys, self.config.kmeans_clusters, seed=self.seed * 1000 + context.epoch)
         else:
-            labels = dbscan_levels(keys, self.config.radii, self.config.min_samples)
-        self.set_level_labels(labels[0] if isinstance(labels, tuple) else labels)
+            labels, _ = dbscan_levels(keys, self.config.radii, self.config.min_samples)
+        self.set_level_labels(labels)
 
     @torch.no_grad()
     def set_level_labels(self, labels: torch.Tensor) -> None:

@@ -77,7 +77,13 @@ class TwoViewMethod(Method):
             return self.project(views).detach()
         return self.target(views)
 
+    def predict(self, z: torch.Tensor) -> torch.Tensor:
+        """The predictor's output (the methods that call this are built with one)."""
+        if self.predictor is None:
+            raise RuntimeError(f"{type(self).__name__} was built without a predictor")
+        return self.predictor(z)
+
     def on_step_end(self, step: int, total_steps: int) -> None:
-        if self.target is not None:
+        if self.target is not None and self.momentum is not None:
             m = momentum_at(self.momentum, step / max(1, total_steps), self.momentum_schedule)
             self.target.update(nn.Sequential(self.backbone, self.projector), m)

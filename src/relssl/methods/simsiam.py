@@ -33,7 +33,7 @@ class SimSiam(TwoViewMethod):
 
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         z1, z2 = self.project(views).chunk(2)
-        p1, p2 = self.predictor(z1), self.predictor(z2)
+        p1, p2 = self.predict(z1), self.predict(z2)
         loss = (negative_cosine(p1, z2) + negative_cosine(p2, z1)) / 2
         with torch.no_grad():  # collapse monitor: per-dimension std of normalised z, ~1/sqrt(d) when healthy
             z_std = nn.functional.normalize(z1.float(), dim=1).std(dim=0).mean()

@@ -42,8 +42,8 @@ class MomentumCopy(nn.Module):
     @torch.no_grad()
     def update(self, online: nn.Module, momentum: float) -> None:
         """One EMA step towards `online` (same architecture)."""
-        target_params = list(self.target.parameters())
-        online_params = list(online.parameters())
+        target_params: list[torch.Tensor] = list(self.target.parameters())
+        online_params: list[torch.Tensor] = list(online.parameters())
         if len(target_params) != len(online_params):
             raise ValueError("MomentumCopy.update: online module does not match the target's architecture")
         torch._foreach_lerp_(target_params, [p.detach() for p in online_params], 1.0 - momentum)

@@ -46,14 +46,14 @@ class TorchvisionResNet(ResNet):
             raise ValueError(f"unknown torchvision ResNet {name!r}; valid: {', '.join(TORCHVISION_RESNET_SPECS)}")
         block, layers = TORCHVISION_RESNET_SPECS[name]
         super().__init__(block, list(layers), zero_init_residual=zero_init_residual)
-        self.feature_dim = self.fc.in_features
-        self.fc = nn.Identity()  # type: ignore[assignment]  # no parameters, so no fc.* keys in the state dict
+        self.feature_dim = 512 * block.expansion  # torchvision's fc.in_features
+        self.fc = nn.Identity()  # no parameters, so no fc.* keys in the state dict
         if cifar_stem or in_channels != 3:
             kernel, stride = (3, 1) if cifar_stem else (7, 2)
             self.conv1 = nn.Conv2d(in_channels, 64, kernel, stride=stride, padding=kernel // 2, bias=False)
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         if cifar_stem:
-            self.maxpool = nn.Identity()  # type: ignore[assignment]
+            self.maxpool = nn.Identity()
         self.cifar_stem = cifar_stem
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:

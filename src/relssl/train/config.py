@@ -11,7 +11,7 @@ by the user and then left out, so a run's config holds only what it runs.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, create_model, model_validator
@@ -87,7 +87,7 @@ class RunConfig(Section):
         return {key: tree[key] for key in order if key in tree}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _run_config_class(method: str, section: type[Section] | None) -> type[RunConfig]:
     if section is None:
         return RunConfig

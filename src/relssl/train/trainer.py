@@ -50,7 +50,7 @@ class _StopFlag:
         self.requested = False
         self._previous: Any = None
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread: leave signals alone
