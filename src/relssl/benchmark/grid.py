@@ -1,79 +1,47 @@
-"""Benchmark grid files: parse and validate the YAML, then expand its axes into cells.
+"""Benchmark grid files: read one for a scale, then expand its axes into cells.
 
 A grid names config overrides along axes (method × dataset or protocol × backbone × seed ...);
-every combination is a *cell*, one `relssl train` run with a deterministic run name. Parsing
-checks the whole file's structure up front and names the bad key; the run configs themselves
-are validated later by `relssl.config.build_config` (see `relssl.benchmark.runner`).
+every combination is a *cell*, one `relssl train` run with a deterministic run name. The file's
+structure is a pydantic schema (`relssl.benchmark.schema`, axes in `relssl.benchmark.axes`),
+checked up front with the bad key named; this module checks how the parts refer to each other.
+The run configs themselves are validated later (see `relssl.benchmark.runner`).
 See docs/protocols/benchmark.md for the file format.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
+from relssl.benchmark.axes import DEFAULT_AXIS_KEYS, UNSAFE, Axis, AxisValue, read_axis
+from relssl.benchmark.schema import (
+    GridError,
+    GridFile,
+    PaperValue,
+    describe_grid_error,
+    fail,
+    parse_paper_value,
+)
+from relssl.dicts import flatten, nest_dotted
 from relssl.errors import ConfigError
 
-# Axes whose plain values set a known config key; any other axis names its key or uses {label, set}.
-DEFAULT_AXIS_KEYS: dict[str, str] = {
-    "method": "method",
-    "backbone": "backbone.name",
-    "dataset": "data.dataset",
-    "seed": "seed",
-}
+__all__ = [
+    "DEFAULT_AXIS_KEYS", "PREFERRED_DONOR", "RANDOM_METHOD", "Axis", "AxisValue", "Cell", "Grid", "GridError",
+    "Matcher", "PaperValue", "Rule", "expand", "load_grid", "parse_grid", "parse_paper_value", "table_labels",
+    "table_title",
+]
+
 RANDOM_METHOD = "random"  # the random-init lower bound; derived from another cell, never trained
 PREFERRED_DONOR = "relational"  # the method whose run supplies the random-init numbers, when present
-TOP_LEVEL_KEYS = (
-    "name", "description", "metric", "base", "scales", "default_scale", "axes", "rows", "columns",
-    "rules", "exclude", "paper", "paper_note", "baseline",
-)
-SCALE_KEYS = ("axes", "note")  # every other key of a scale is config
-AXIS_VALUE_KEYS = ("label", "title", "value", "set", "metric")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_UNSAFE = re.compile(r"[^A-Za-z0-9.+=-]+")
-
-PaperValue = tuple[float, float | None]  # (mean, std or None)
-
-
-class GridError(ConfigError):
-    """A malformed benchmark grid file; the message names the file and the key."""
-
-
-@dataclass(frozen=True)
-class AxisValue:
-    """One value of an axis: its label (ids, table lookup, paper keys), display title, and overrides."""
-
-    label: str
-    title: str
-    overrides: dict[str, Any]
-    value: Any = None  # what the axis's own key is set to (None when only `set` is given)
-    metric: str | None = None  # metrics.json key filling the grid's first metric for these cells
-
-
-@dataclass(frozen=True)
-class Axis:
-    """A named list of values; `key` is the config key a plain value sets (None: values use `set`)."""
-
-    name: str
-    key: str | None
-    values: tuple[AxisValue, ...]
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(v.label for v in self.values)
-
-    def title(self, label: str) -> str:
-        """Display title of the value with this label."""
-        return next(v.title for v in self.values if v.label == label)
 
 
 @dataclass(frozen=True)
@@ -176,80 +144,50 @@ def load_grid(path: str | Path, scale: str | None = None, environ: Mapping[str, 
 
 
 def parse_grid(raw: Mapping[str, Any], path: Path, scale: str | None, environ: Mapping[str, str]) -> Grid:
-    """Validate a grid's raw YAML mapping and build the Grid for one scale."""
-    err = _Errors(path)
-    for key in raw:
-        if key not in TOP_LEVEL_KEYS:
-            err.fail(str(key), f"unknown key; allowed: {', '.join(TOP_LEVEL_KEYS)}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        err.fail("name", "required: letters, digits, '.', '_' or '-' (it names the output folder)")
-    metrics = raw.get("metric", "linear_top1")
-    metrics = (metrics,) if isinstance(metrics, str) else metrics
-    if not isinstance(metrics, (list, tuple)) or not metrics or not all(isinstance(m, str) and m for m in metrics):
-        err.fail("metric", "a metrics.json key such as linear_top1, or a list of them")
+    """Validate a grid's raw YAML mapping and build the Grid for one scale.
 
-    scale_name, scale_tree, scale_axes, scale_note, scale_names = _select_scale(raw.get("scales"), scale,
-                                                                               raw.get("default_scale"), err)
-    interp = _Interpolator(environ, err)
-    base = nest_dotted(interp(_mapping(raw.get("base", {}), "base", err), "base"), "base", err)
-    scale_tree = nest_dotted(interp(scale_tree, f"scales.{scale_name}"), f"scales.{scale_name}", err)
-
-    raw_axes = _mapping(raw.get("axes"), "axes", err, required=True)
-    if not raw_axes:
-        err.fail("axes", "name at least one axis, e.g. method: [relational]")
-    raw_axes = dict(raw_axes)
-    for axis_name, values in scale_axes.items():
-        if axis_name not in raw_axes and axis_name != "seed":
-            err.fail(f"scales.{scale_name}.axes.{axis_name}", f"not an axis of this grid ({', '.join(raw_axes)})")
-        raw_axes[axis_name] = values
-    axes = [_parse_axis(str(n), interp(v, f"axes.{n}"), err) for n, v in raw_axes.items()]
-    if "seed" not in raw_axes:
-        seed = base.get("seed", 0)
-        axes.append(Axis("seed", "seed", (AxisValue(str(seed), str(seed), {"seed": seed}, seed),)))
-    by_name = {a.name: a for a in axes}
-
-    rows = _axis_list(raw.get("rows"), "rows", by_name, err)
-    columns = _axis_list(raw.get("columns"), "columns", by_name, err)
-    if set(rows) & set(columns):
-        err.fail("columns", f"axis {sorted(set(rows) & set(columns))[0]!r} is already used by rows")
-    rules = tuple(
-        Rule(_parse_matcher(r.get("when"), f"rules[{i}].when", by_name, err),
-             flatten(nest_dotted(interp(_mapping(r.get("set", {}), f"rules[{i}].set", err),
-                                        f"rules[{i}].set"), f"rules[{i}].set", err)),
-             _metric_name(r.get("metric"), f"rules[{i}].metric", err))
-        for i, r in enumerate(_rule_list(raw.get("rules"), err))
-    )
-    excludes = tuple(
-        _parse_matcher(m, f"exclude[{i}]", by_name, err) for i, m in enumerate(_list(raw.get("exclude", []), "exclude", err))
-    )
-    grid = Grid(
-        name=name, path=path, scale=scale_name, scales=scale_names,
-        description=_text(raw.get("description", ""), "description", err),
-        scale_note=_text(scale_note, f"scales.{scale_name}.note", err),
-        metrics=tuple(metrics), base=base, scale_overrides=flatten(scale_tree), axes=tuple(axes),
-        rows=rows, columns=columns, rules=rules, excludes=excludes,
-        paper_note=_text(raw.get("paper_note", ""), "paper_note", err),
-        baseline=_parse_baseline(raw.get("baseline"), by_name, rows + columns, err),
-    )
-    return replace(grid, paper=_parse_paper(raw.get("paper", {}), grid, err))
+    The whole file is validated first; then `${VAR}` is substituted in the parts in force at the
+    chosen scale and those are read again.
+    """
+    try:
+        name = GridFile.model_validate(raw).choose_scale(scale)
+        return _build(GridFile.model_validate(_substitute_env(raw, name, environ)), name, path)
+    except ValidationError as err:
+        raise GridError(f"benchmark grid {path}: {describe_grid_error(err)}") from None
+    except ConfigError as err:  # "key '...': ..." from the checks below, nest_dotted or the substitution
+        raise GridError(f"benchmark grid {path}: {err}") from None
 
 
-class _Errors:
-    """Raises GridError naming the file and the dotted key."""
+def _substitute_env(raw: Mapping[str, Any], scale: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """`raw` with `${VAR}` / `${VAR:-default}` replaced in the parts in force at `scale`.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    Those are `base`, the scale's config and axes, the axes it does not replace, and the rules'
+    `set`; a variable used only elsewhere (another scale) need not be set. `raw` must already have
+    passed `GridFile` validation.
+    """
+    sub = _Substitution(environ)
+    out = dict(raw)
+    scales = raw.get("scales") or {}
+    chosen = next((k for k in scales if str(k) == scale), None)
+    body = scales.get(chosen) or {}
+    if chosen is not None:
+        out["scales"] = {**scales, chosen: {n: v if n == "note" else sub(v, f"scales.{scale}.{n}")
+                                            for n, v in body.items()}}
+    replaced = {str(n) for n in body.get("axes") or {}}
+    out["axes"] = {n: v if str(n) in replaced else sub(v, f"axes.{n}") for n, v in raw["axes"].items()}
+    if "base" in raw:
+        out["base"] = sub(raw["base"], "base")
+    if raw.get("rules"):
+        out["rules"] = [{**r, "set": sub(r["set"], f"rules[{i}].set")} if "set" in r else r
+                        for i, r in enumerate(raw["rules"])]
+    return out
 
-    def fail(self, key: str, message: str) -> NoReturn:
-        raise GridError(f"benchmark grid {self.path}: key '{key}': {message}")
 
+class _Substitution:
+    """Replaces `${VAR}` / `${VAR:-default}` in every string of a tree; errors name the key."""
 
-class _Interpolator:
-    """Replaces `${VAR}` / `${VAR:-default}` in every string of a tree."""
-
-    def __init__(self, environ: Mapping[str, str], err: _Errors) -> None:
-        self.environ, self.err = environ, err
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
 
     def __call__(self, node: Any, where: str) -> Any:
         if isinstance(node, dict):
@@ -267,186 +205,88 @@ class _Interpolator:
             return value
         if default is not None:
             return default
-        self.err.fail(where, f"environment variable {name} is not set (used as ${{{name}}}); "
-                             f"export {name}=... before running (a scale that does not use it needs none)")
+        fail(where, f"environment variable {name} is not set (used as ${{{name}}}); "
+                    f"export {name}=... before running (a scale that does not use it needs none)")
 
 
-def _select_scale(raw_scales: Any, wanted: str | None, default: Any, err: _Errors
-                  ) -> tuple[str, dict[str, Any], dict[str, Any], str, tuple[str, ...]]:
-    """(name, config tree, axis replacements, note, all scale names) of the chosen scale."""
-    if raw_scales is None:
-        if wanted not in (None, "default"):
-            err.fail("scales", f"--scale {wanted} asked for, but the grid defines no scales")
-        return "default", {}, {}, "", ("default",)
-    scales = _mapping(raw_scales, "scales", err)
-    if not scales:
-        err.fail("scales", "define at least one scale, e.g. smoke: {train: {max_steps: 300}}")
-    names = tuple(str(s) for s in scales)
-    name = wanted or default or names[0]
-    if name not in scales:
-        key = "default_scale" if wanted is None else "scales"
-        err.fail(key, f"no scale named {name!r}; this grid has {', '.join(names)}")
-    body = dict(_mapping(scales[name] or {}, f"scales.{name}", err))
-    axes = _mapping(body.pop("axes", {}), f"scales.{name}.axes", err)
-    note = body.pop("note", "")
-    return name, body, dict(axes), note, names
+def _build(spec: GridFile, scale: str, path: Path) -> Grid:
+    """The Grid of a validated file at one scale, after checking the references between its parts."""
+    body = spec.scale(scale)
+    base = nest_dotted(spec.base, "base")
+    scale_tree = nest_dotted(body.config, f"scales.{scale}")
+    sources = {name: (axis, f"axes.{name}") for name, axis in spec.axes.items()}
+    for name, axis in body.axes.items():
+        if name not in spec.axes and name != "seed":
+            fail(f"scales.{scale}.axes.{name}", f"not an axis of this grid ({', '.join(spec.axes)})")
+        sources[name] = (axis, f"scales.{scale}.axes.{name}")
+    axes = [read_axis(name, axis, where) for name, (axis, where) in sources.items()]
+    if "seed" not in sources:
+        seed = base.get("seed", 0)
+        axes.append(Axis("seed", "seed", (AxisValue(str(seed), str(seed), {"seed": seed}, seed),)))
+    by_name = {a.name: a for a in axes}
+
+    rows = _table_axes(spec.rows, "rows", by_name)
+    columns = _table_axes(spec.columns, "columns", by_name)
+    if set(rows) & set(columns):
+        fail("columns", f"axis {min(set(rows) & set(columns))!r} is already used by rows")
+    rules = tuple(
+        Rule(_matcher(rule.when, f"rules[{i}].when", by_name),
+             flatten(nest_dotted(rule.set, f"rules[{i}].set")), rule.metric)
+        for i, rule in enumerate(spec.rules)
+    )
+    excludes = tuple(_matcher(m, f"exclude[{i}]", by_name) for i, m in enumerate(spec.exclude))
+    grid = Grid(
+        name=spec.name, path=path, scale=scale, scales=spec.scale_names, description=spec.description,
+        scale_note=body.note, metrics=tuple(spec.metric), base=base, scale_overrides=flatten(scale_tree),
+        axes=tuple(axes), rows=rows, columns=columns, rules=rules, excludes=excludes,
+        paper_note=spec.paper_note, baseline=_baseline(spec.baseline, by_name, rows + columns),
+    )
+    return replace(grid, paper=_paper(spec.paper, grid))
 
 
-def _parse_axis(name: str, spec: Any, err: _Errors) -> Axis:
-    where = f"axes.{name}"
-    key = DEFAULT_AXIS_KEYS.get(name)
-    values = spec
-    if isinstance(spec, dict):
-        unknown = set(spec) - {"key", "values"}
-        if unknown:
-            err.fail(f"{where}.{sorted(unknown)[0]}", "unknown key; an axis mapping has 'key' and 'values'")
-        key = spec.get("key", key)
-        if key is not None and (not isinstance(key, str) or not key):
-            err.fail(f"{where}.key", "a dotted config key such as relational.k")
-        values = spec.get("values")
-    values = _list(values, where if not isinstance(spec, dict) else f"{where}.values", err)
-    if not values:
-        err.fail(where, "give at least one value")
-    parsed = tuple(_parse_axis_value(v, key, f"{where}[{i}]", name, err) for i, v in enumerate(values))
-    labels = [v.label for v in parsed]
-    dupes = sorted({x for x in labels if labels.count(x) > 1})
-    if dupes:
-        err.fail(where, f"label {dupes[0]!r} appears twice; give the values distinct labels")
-    if name == "seed":
-        for i, v in enumerate(parsed):
-            if not isinstance(v.value, int) or isinstance(v.value, bool) or v.value < 0:
-                err.fail(f"{where}[{i}]", "seeds are non-negative integers")
-    return Axis(name, key, parsed)
+def _table_axes(names: list[str], where: str, axes: Mapping[str, Axis]) -> tuple[str, ...]:
+    for name in names:
+        if name not in axes:
+            fail(where, f"{name!r} is not an axis of this grid ({', '.join(axes)})")
+        if name == "seed":
+            fail(where, "seed cannot be a table axis: tables average over seeds")
+    return tuple(names)
 
 
-def _parse_axis_value(raw: Any, key: str | None, where: str, axis: str, err: _Errors) -> AxisValue:
-    if isinstance(raw, dict):
-        unknown = set(raw) - set(AXIS_VALUE_KEYS)
-        if unknown:
-            err.fail(f"{where}.{sorted(unknown)[0]}", f"unknown key; an axis value has {', '.join(AXIS_VALUE_KEYS)}")
-        overrides = flatten(nest_dotted(_mapping(raw.get("set", {}), f"{where}.set", err), f"{where}.set", err))
-        value = raw.get("value")
-        if value is None and key is not None and key not in overrides and raw.get("label") is not None:
-            value = raw["label"]  # on a keyed axis, {label: x} alone means value x
-        if value is not None:
-            if key is None:
-                err.fail(f"{where}.value", f"axis {axis!r} has no config key; give one with `{axis}: {{key: ..., values: [...]}}` or use `set`")
-            overrides = {key: value, **overrides}
-        label = raw.get("label", None if value is None else value)
-        if label is None:
-            err.fail(f"{where}.label", "required when the value has no `value`")
-        if value is None and not overrides:
-            err.fail(where, "give `value` or `set` (the config overrides this value stands for)")
-        label = str(label)
-        title = raw.get("title", label)
-        metric = _metric_name(raw.get("metric"), f"{where}.metric", err)
-    elif isinstance(raw, (str, int, float, bool)):
-        if key is None:
-            err.fail(where, f"axis {axis!r} has no default config key; write `{axis}: {{key: a.dotted.key, values: [...]}}` "
-                            "or give each value as {label: ..., set: {key: value}}")
-        label, title, value, overrides, metric = str(raw), str(raw), raw, {key: raw}, None
-    else:
-        err.fail(where, "an axis value is a scalar or a mapping with label/title/value/set/metric")
-    if not label or not _UNSAFE.sub("", label):
-        err.fail(where, "labels need at least one letter or digit")
-    return AxisValue(label=label, title=str(title), overrides=overrides, value=value, metric=metric)
-
-
-def _metric_name(value: Any, where: str, err: _Errors) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value):
-        err.fail(where, "a metrics.json key such as finetune_top1")
-    return value
-
-
-def _axis_list(raw: Any, where: str, axes: Mapping[str, Axis], err: _Errors) -> tuple[str, ...]:
-    if raw is None:
-        err.fail(where, f"required: the axis (or list of axes) laid out as table {where}; axes: {', '.join(axes)}")
-    names = (raw,) if isinstance(raw, str) else tuple(_list(raw, where, err))
-    if not names:
-        err.fail(where, "name at least one axis")
-    for n in names:
-        if n not in axes:
-            err.fail(where, f"{n!r} is not an axis of this grid ({', '.join(axes)})")
-        if n == "seed":
-            err.fail(where, "seed cannot be a table axis: tables average over seeds")
-    return names
-
-
-def _parse_matcher(raw: Any, where: str, axes: Mapping[str, Axis], err: _Errors) -> Matcher:
-    spec = _mapping(raw, where, err, required=True)
-    if not spec:
-        err.fail(where, "name at least one axis and its label(s)")
-    when: dict[str, frozenset[str]] = {}
+def _matcher(spec: Mapping[str, list[str]], where: str, axes: Mapping[str, Axis]) -> Matcher:
     for axis, labels in spec.items():
         if axis not in axes:
-            err.fail(f"{where}.{axis}", f"not an axis of this grid ({', '.join(axes)})")
-        labels = [str(x) for x in (labels if isinstance(labels, list) else [labels])]
+            fail(f"{where}.{axis}", f"not an axis of this grid ({', '.join(axes)})")
         for label in labels:
             if label not in axes[axis].labels:
-                err.fail(f"{where}.{axis}", f"{label!r} is not a label of axis {axis!r} ({', '.join(axes[axis].labels)})")
-        when[str(axis)] = frozenset(labels)
-    return Matcher(when)
+                fail(f"{where}.{axis}", f"{label!r} is not a label of axis {axis!r} ({', '.join(axes[axis].labels)})")
+    return Matcher({axis: frozenset(labels) for axis, labels in spec.items()})
 
 
-def _parse_baseline(raw: Any, axes: Mapping[str, Axis], table_axes: Sequence[str], err: _Errors
-                    ) -> tuple[str, str] | None:
-    """`baseline: {axis: label}`: one row or column axis and the label every other value is compared with."""
-    if raw is None:
+def _baseline(spec: Mapping[str, str] | None, axes: Mapping[str, Axis], table_axes: Sequence[str]
+              ) -> tuple[str, str] | None:
+    """`baseline: {axis: label}`: a row or column axis and the label every other value is compared with."""
+    if spec is None:
         return None
-    spec = _mapping(raw, "baseline", err)
-    if len(spec) != 1:
-        err.fail("baseline", "name one axis and its reference label, e.g. {augment: full}")
-    (axis, label), = spec.items()
+    ((axis, label),) = spec.items()
     if axis not in table_axes:
-        err.fail(f"baseline.{axis}", f"not a row or column axis of this grid ({', '.join(table_axes)})")
-    if str(label) not in axes[axis].labels:
-        err.fail(f"baseline.{axis}", f"{label!r} is not a label of axis {axis!r} ({', '.join(axes[axis].labels)})")
-    return str(axis), str(label)
+        fail(f"baseline.{axis}", f"not a row or column axis of this grid ({', '.join(table_axes)})")
+    if label not in axes[axis].labels:
+        fail(f"baseline.{axis}", f"{label!r} is not a label of axis {axis!r} ({', '.join(axes[axis].labels)})")
+    return axis, label
 
 
-def _rule_list(raw: Any, err: _Errors) -> list[dict[str, Any]]:
-    rules = _list(raw if raw is not None else [], "rules", err)
-    for i, r in enumerate(rules):
-        if not isinstance(r, dict) or set(r) - {"when", "set", "metric"} or not ({"set", "metric"} & set(r)):
-            err.fail(f"rules[{i}]", "a rule is a mapping {when: {axis: label}, set: {key: value}} "
-                                    "(and/or metric: KEY)")
-    return rules
-
-
-def _parse_paper(raw: Any, grid: Grid, err: _Errors) -> dict[str, dict[str, PaperValue | None]]:
-    """`paper[row label][column label]` = number, 'mean±std', or null/'n/a' (not reported)."""
-    table = _mapping(raw if raw is not None else {}, "paper", err)
+def _paper(table: Mapping[str, Mapping[str, PaperValue | None]], grid: Grid) -> dict[str, dict[str, PaperValue | None]]:
+    """`paper[row label][column label]`, checked against the table's labels."""
     row_labels = table_labels(grid, grid.rows)
     col_labels = table_labels(grid, grid.columns)
-    out: dict[str, dict[str, PaperValue | None]] = {}
     for row, cols in table.items():
-        row = str(row)
         if row not in row_labels:
-            err.fail(f"paper.{row}", f"not a row label of this grid ({', '.join(row_labels)})")
-        cols = _mapping(cols, f"paper.{row}", err)
-        out[row] = {}
-        for col, value in cols.items():
-            col = str(col)
+            fail(f"paper.{row}", f"not a row label of this grid ({', '.join(row_labels)})")
+        for col in cols:
             if col not in col_labels:
-                err.fail(f"paper.{row}.{col}", f"not a column label of this grid ({', '.join(col_labels)})")
-            out[row][col] = parse_paper_value(value, f"paper.{row}.{col}", err)
-    return out
-
-
-def parse_paper_value(value: Any, where: str = "paper", err: _Errors | None = None) -> PaperValue | None:
-    """A published number: 46.17, '46.17±0.17' (or '46.17 +- 0.17'), or null / 'n/a' for unknown."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("n/a", "na", "")):
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value), None
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*([-+]?\d+(?:\.\d+)?)\s*(?:(?:±|\+-|\+/-)\s*(\d+(?:\.\d+)?))?\s*", value)
-        if m:
-            return float(m.group(1)), float(m.group(2)) if m.group(2) else None
-    message = f"{value!r} is not a number, 'mean±std', or n/a"
-    if err is None:
-        raise GridError(f"{where}: {message}")
-    err.fail(where, message)
+                fail(f"paper.{row}.{col}", f"not a column label of this grid ({', '.join(col_labels)})")
+    return {row: dict(cols) for row, cols in table.items()}
 
 
 def table_labels(grid: Grid, axes: Sequence[str]) -> list[str]:
@@ -487,7 +327,7 @@ def expand(grid: Grid) -> list[Cell]:
                 overrides.update(rule.overrides)
                 metric = rule.metric or metric
         seed = grid.seed_axis.values[grid.seed_axis.labels.index(labels["seed"])].value
-        cell_id = "_".join(_UNSAFE.sub("_", labels[a.name]).strip("_") for a in grid.axes if a.name != "seed")
+        cell_id = "_".join(UNSAFE.sub("_", labels[a.name]).strip("_") for a in grid.axes if a.name != "seed")
         cells.append(Cell(labels=labels, seed=int(seed), cell_id=cell_id or grid.name, overrides=overrides,
                           metric=metric, random_init=is_random))
     names = [c.run_name for c in cells]
@@ -534,74 +374,3 @@ def _assign_donors(grid: Grid, cells: list[Cell]) -> list[Cell]:
             c = replace(c, overrides={**c.overrides, "eval.compare_random": True})
         out.append(c)
     return out
-
-
-# ----------------------------------------------------------------------------- tree helpers
-
-
-def nest_dotted(tree: Mapping[str, Any], where: str, err: _Errors | None = None) -> dict[str, Any]:
-    """A config tree with `a.b: v` keys expanded into nested sections (deep-merged with the rest)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if not isinstance(key, str):
-            (err.fail if err else _raise)(f"{where}.{key}", "config keys are strings")
-        value = nest_dotted(value, f"{where}.{key}", err) if isinstance(value, dict) and value else value
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                (err.fail if err else _raise)(f"{where}.{key}", f"'{part}' is a value, not a section")
-            node = child
-        last = parts[-1]
-        if isinstance(value, dict) and value and isinstance(node.get(last), dict):
-            node[last] = deep_merge(node[last], value)
-        else:
-            node[last] = value
-    return out
-
-
-def deep_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    """`a` updated by `b`, merging nested mappings (b wins on leaves)."""
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
-    return out
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested tree -> {dotted key: leaf}; an empty mapping is kept as a leaf (it clears a section)."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _raise(key: str, message: str) -> NoReturn:
-    raise GridError(f"key '{key}': {message}")
-
-
-def _mapping(value: Any, where: str, err: _Errors, required: bool = False) -> dict[str, Any]:
-    if value is None and not required:
-        return {}
-    if not isinstance(value, dict):
-        err.fail(where, "must be a mapping (key: value)" + (" and is required" if value is None else ""))
-    return value
-
-
-def _list(value: Any, where: str, err: _Errors) -> list[Any]:
-    if not isinstance(value, list):
-        err.fail(where, "must be a list, e.g. [a, b]")
-    return value
-
-
-def _text(value: Any, where: str, err: _Errors) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        err.fail(where, "must be text")
-    return value.strip()

@@ -48,9 +48,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # corrupt file or one holding arbitrary objects
-        raise CheckpointError(
-            f"cannot load checkpoint {path} safely ({type(err).__name__}: {str(err).splitlines()[0]})"
-        ) from None
+        detail = (str(err).splitlines() or ["no details"])[0]  # an empty file raises with an empty message
+        raise CheckpointError(f"cannot load checkpoint {path} safely ({type(err).__name__}: {detail})") from None
 
 
 def save_backbone_safetensors(backbone: torch.nn.Module, path: str | Path) -> Path:
