@@ -9,8 +9,7 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 
-from relssl.augment import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, ViewAugment, to_normalized
-from relssl.augment import ops
+from relssl.augment import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, ViewAugment, ops, to_normalized
 from relssl.augment.params import sample_crop_boxes, sample_view_params
 
 RAW = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # output == augmented image in [0, 1]

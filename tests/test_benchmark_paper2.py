@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from relssl.benchmark import GridError, load_grid, plan_cells
+from relssl.benchmark.report import cell_rows, markdown_report
 from relssl.config import load_yaml
 from relssl.methods import METHODS
 from relssl.train.config import build_config
-from relssl.benchmark import GridError, load_grid, plan_cells
-from relssl.benchmark.report import cell_rows, markdown_report
 from relssl.train.setup import write_config
 
 REPO = Path(__file__).resolve().parents[1]

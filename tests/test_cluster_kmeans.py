@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
-from threadpoolctl import threadpool_limits
 
 from relssl.cluster import (
     fill_empty_clusters,
@@ -16,13 +15,9 @@ from relssl.cluster import (
     uniform_cluster_sampler_weights,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # scikit-learn's OpenMP k-means spends far longer waiting on threads than computing on
-    # these tiny inputs (about 0.3 s per fit on a busy 2-core machine against 3 ms with one).
-    with threadpool_limits(limits=1):
-        yield
+# scikit-learn's OpenMP k-means spends far longer waiting on threads than computing on
+# these tiny inputs (about 0.3 s per fit on a busy 2-core machine against 3 ms with one).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def correlated_features(n: int = 600, d: int = 20, seed: int = 0) -> np.ndarray:

@@ -8,21 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from relssl.data import DataError, load_split
 
 
-def png(path: Path, value: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(path, "PNG")
+@pytest.fixture
+def make_folder(png):
+    """`make_folder(root)`: two classes of three 4x4 PNGs in train/, one in test/."""
 
+    def make(root: Path) -> None:
+        for c in ("a", "b"):
+            for i in range(3):
+                png(root / "train" / c / f"{i}.png", 10 * (c == "b") + i, size=(4, 4))
+        png(root / "test" / "a" / "0.png", 99, size=(4, 4))
 
-def make_folder(root: Path) -> None:
-    for c in ("a", "b"):
-        for i in range(3):
-            png(root / "train" / c / f"{i}.png", 10 * (c == "b") + i)
-    png(root / "test" / "a" / "0.png", 99)
+    return make
 
 
 def load(root: Path, split: str = "train", **kw):
@@ -42,7 +42,7 @@ def no_decode(monkeypatch: pytest.MonkeyPatch):
     return enable
 
 
-def test_second_load_is_a_memmapped_cache_hit(tmp_path: Path, no_decode) -> None:
+def test_second_load_is_a_memmapped_cache_hit(tmp_path: Path, no_decode, make_folder) -> None:
     make_folder(tmp_path)
     first = load(tmp_path)
     folder = tmp_path / ".relssl_cache" / "imagefolder_train"
@@ -55,7 +55,7 @@ def test_second_load_is_a_memmapped_cache_hit(tmp_path: Path, no_decode) -> None
     assert second.classes == first.classes == ("a", "b")
 
 
-def test_splits_and_sizes_get_their_own_cache(tmp_path: Path) -> None:
+def test_splits_and_sizes_get_their_own_cache(tmp_path: Path, make_folder) -> None:
     make_folder(tmp_path)
     load(tmp_path)
     load(tmp_path, "test")
@@ -65,21 +65,21 @@ def test_splits_and_sizes_get_their_own_cache(tmp_path: Path) -> None:
     assert load(tmp_path, "test").images[0, 0, 0, 0] == 99
 
 
-def test_changed_added_and_removed_files_invalidate(tmp_path: Path) -> None:
+def test_changed_added_and_removed_files_invalidate(tmp_path: Path, make_folder, png) -> None:
     make_folder(tmp_path)
     assert load(tmp_path).images[1, 0, 0, 0] == 1
     target = tmp_path / "train" / "a" / "1.png"
-    png(target, 42)
+    png(target, 42, size=(4, 4))
     os.utime(target, ns=(1_000_000_000, 1_000_000_000))  # a different mtime even on coarse clocks
     assert load(tmp_path).images[1, 0, 0, 0] == 42
-    png(tmp_path / "train" / "a" / "3.png", 7)
+    png(tmp_path / "train" / "a" / "3.png", 7, size=(4, 4))
     assert len(load(tmp_path)) == 7
     (tmp_path / "train" / "b" / "0.png").unlink()
     data = load(tmp_path)
     assert len(data) == 6 and data.labels.tolist() == [0, 0, 0, 0, 1, 1]
 
 
-def test_corrupt_cache_is_rebuilt(tmp_path: Path) -> None:
+def test_corrupt_cache_is_rebuilt(tmp_path: Path, make_folder) -> None:
     make_folder(tmp_path)
     expected = np.array(load(tmp_path).images)
     images = tmp_path / ".relssl_cache" / "imagefolder_train" / "images.npy"
@@ -87,7 +87,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load(tmp_path).images, expected)
 
 
-def test_explicit_cache_dir(tmp_path: Path, no_decode) -> None:
+def test_explicit_cache_dir(tmp_path: Path, no_decode, make_folder) -> None:
     make_folder(tmp_path / "data")
     load(tmp_path / "data", cache_dir=tmp_path / "cache")
     assert (tmp_path / "cache" / "imagefolder_train" / "meta.json").exists()
@@ -96,7 +96,8 @@ def test_explicit_cache_dir(tmp_path: Path, no_decode) -> None:
     assert len(load(tmp_path / "data", cache_dir=tmp_path / "cache")) == 6
 
 
-def test_read_only_root_falls_back_to_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_decode) -> None:
+def test_read_only_root_falls_back_to_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_decode,
+                                                 make_folder) -> None:
     root = tmp_path / "shared"
     make_folder(root)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -112,7 +113,7 @@ def test_read_only_root_falls_back_to_user_cache(tmp_path: Path, monkeypatch: py
         root.chmod(0o755)
 
 
-def test_unwritable_explicit_cache_dir_is_an_error(tmp_path: Path) -> None:
+def test_unwritable_explicit_cache_dir_is_an_error(tmp_path: Path, make_folder) -> None:
     make_folder(tmp_path / "data")
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from relssl.data import DataError, load_split
-from relssl.data import cifar
+from relssl.data import DataError, cifar, load_split
 from relssl.data.download import Archive, download, extract
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

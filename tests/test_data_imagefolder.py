@@ -11,17 +11,11 @@ from PIL import Image
 from relssl.data import DataError, load_split
 
 
-def png(path: Path, value: int | tuple[int, int, int], size: tuple[int, int] = (8, 8)) -> None:
-    """A solid image of (height, width) `size`; PNG so pixels are exact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((*size, 3), value, np.uint8)).save(path, "PNG")
-
-
 def load(root: Path, split: str, **kw):
     return load_split("imagefolder", split, root, download=False, progress=False, **kw)
 
 
-def test_split_layout_train_test_and_shared_classes(tmp_path: Path) -> None:
+def test_split_layout_train_test_and_shared_classes(tmp_path: Path, png) -> None:
     for split, classes in (("train", ["cat", "dog"]), ("test", ["dog", "emu"])):
         for c in classes:
             for i in range(2):
@@ -37,14 +31,14 @@ def test_split_layout_train_test_and_shared_classes(tmp_path: Path) -> None:
         load(tmp_path, "val")
 
 
-def test_test_falls_back_to_val(tmp_path: Path) -> None:
+def test_test_falls_back_to_val(tmp_path: Path, png) -> None:
     png(tmp_path / "train" / "a" / "0.png", 1)
     png(tmp_path / "val" / "a" / "0.png", 2)
     test = load(tmp_path, "test")
     assert test.images[0, 0, 0, 0] == 2 and test.labels.tolist() == [0]
 
 
-def test_class_layout_is_split_all_and_train(tmp_path: Path) -> None:
+def test_class_layout_is_split_all_and_train(tmp_path: Path, png) -> None:
     png(tmp_path / "b" / "x.PNG", 5)  # extension case does not matter
     png(tmp_path / "a" / "deeper" / "y.png", 6)  # found recursively
     (tmp_path / "a" / "notes.txt").write_text("not an image")
@@ -73,7 +67,7 @@ def test_grayscale_and_rgba_become_rgb(tmp_path: Path) -> None:
     assert data.images[0, 0, 0].tolist() == [77, 77, 77] and data.images[1, 0, 0].tolist() == [99, 99, 99]
 
 
-def test_mixed_sizes_follow_the_first_image(tmp_path: Path) -> None:
+def test_mixed_sizes_follow_the_first_image(tmp_path: Path, png) -> None:
     png(tmp_path / "a.png", 10, (8, 12))  # first image: 8 high, 12 wide
     image = np.zeros((16, 48, 3), np.uint8)
     image[:, 8:40] = 200  # a bright centre between two dark 8-pixel side bands
@@ -84,7 +78,7 @@ def test_mixed_sizes_follow_the_first_image(tmp_path: Path) -> None:
     assert np.all(data.images[1] == 200)
 
 
-def test_image_size_makes_square(tmp_path: Path) -> None:
+def test_image_size_makes_square(tmp_path: Path, png) -> None:
     png(tmp_path / "a.png", 10, (8, 12))
     png(tmp_path / "b.png", 20, (30, 30))
     data = load(tmp_path, "all", image_size=6)
@@ -107,7 +101,7 @@ def test_missing_root_and_no_root(tmp_path: Path) -> None:
         load_split("imagefolder", "all")
 
 
-def test_corrupt_image_is_named(tmp_path: Path) -> None:
+def test_corrupt_image_is_named(tmp_path: Path, png) -> None:
     for i in range(3):
         png(tmp_path / "c" / f"{i}.png", i)
     (tmp_path / "c" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
@@ -115,7 +109,7 @@ def test_corrupt_image_is_named(tmp_path: Path) -> None:
         load(tmp_path, "all")
 
 
-def test_corrupt_image_is_named_with_the_process_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_corrupt_image_is_named_with_the_process_pool(tmp_path: Path, png, monkeypatch: pytest.MonkeyPatch) -> None:
     from relssl.data import decode
 
     monkeypatch.setattr(decode, "_MIN_FOR_PROCESSES", 1)
@@ -130,14 +124,14 @@ def test_corrupt_image_is_named_with_the_process_pool(tmp_path: Path, monkeypatc
     assert images[:, 0, 0, 0].tolist() == list(range(33))
 
 
-def test_loose_images_next_to_class_folders_is_an_error(tmp_path: Path) -> None:
+def test_loose_images_next_to_class_folders_is_an_error(tmp_path: Path, png) -> None:
     png(tmp_path / "cls" / "a.png", 1)
     png(tmp_path / "loose.png", 2)
     with pytest.raises(DataError, match="both image files"):
         load(tmp_path, "all")
 
 
-def test_hidden_entries_are_skipped(tmp_path: Path) -> None:
+def test_hidden_entries_are_skipped(tmp_path: Path, png) -> None:
     png(tmp_path / "a" / "x.png", 1)
     png(tmp_path / ".hidden" / "y.png", 2)
     png(tmp_path / "a" / ".z.png", 3)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+
 from gloo_spawn import run_ranks
 
 pytestmark = pytest.mark.skipif(
@@ -38,10 +39,10 @@ def _worker(rank, init_file, out_dir):
                             timeout=timedelta(seconds=60))
     try:
         from relssl import distributed as rd
-        from relssl.train.config import build_config
-        from relssl.train import build_method
         from relssl.methods.queue import FeatureQueue
         from relssl.models import create_backbone
+        from relssl.train import build_method
+        from relssl.train.config import build_config
 
         res = {"rank": rd.rank(), "world": rd.world_size(), "distributed": rd.is_distributed(),
                "slice": (rd.rank_slice(B).start, rd.rank_slice(B).stop)}

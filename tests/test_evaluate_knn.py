@@ -24,18 +24,10 @@ def reference_knn(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray,
     return np.array(predictions)
 
 
-def blobs(n: int, dim: int, classes: int, spread: float, seed: int) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(classes, dim, generator=g) * 5
-    y, y_test = torch.randint(0, classes, (n,), generator=g), torch.randint(0, classes, (n,), generator=g)
-    return (centres[y] + spread * torch.randn(n, dim, generator=g), y,
-            centres[y_test] + spread * torch.randn(n, dim, generator=g), y_test)
-
-
 @pytest.mark.parametrize("weighting", ["exp", "majority"])
 @pytest.mark.parametrize("k", [1, 4, 20])
-def test_knn_predict_matches_numpy_reference(weighting: str, k: int) -> None:
-    x, y, x_test, _ = blobs(60, 6, 5, spread=4.0, seed=k)  # overlapping classes: votes are not unanimous
+def test_knn_predict_matches_numpy_reference(weighting: str, k: int, blobs) -> None:
+    x, y, x_test, _ = blobs(60, 6, 5, separation=5.0, spread=4.0, seed=k)  # overlapping classes: votes are not unanimous
     predicted = knn_predict(x, y, x_test, k=k, temperature=0.07, weighting=weighting, chunk=7)
     expected = reference_knn(x.double().numpy(), y.numpy(), x_test.double().numpy(), k, 0.07, weighting, 5)
     assert predicted.dtype == torch.long
@@ -51,8 +43,8 @@ def test_knn_weighting_changes_the_vote() -> None:
     assert knn_predict(train, labels, test, k=3, weighting="exp", temperature=0.07).item() == 1
 
 
-def test_knn_accuracy_on_separable_blobs() -> None:
-    x, y, x_test, y_test = blobs(500, 16, 10, spread=0.5, seed=0)
+def test_knn_accuracy_on_separable_blobs(blobs) -> None:
+    x, y, x_test, y_test = blobs(500, 16, 10, separation=5.0, spread=0.5, seed=0)
     for weighting in ("exp", "majority"):
         assert knn_accuracy(x, y, x_test, y_test, k=20, weighting=weighting) == pytest.approx(100.0)
 
@@ -71,16 +63,14 @@ def test_knn_rejects_bad_arguments() -> None:
         knn_predict(x, y, x, k=3, num_classes=1)
 
 
-def test_cli_knn_on_digits(tmp_path, capsys) -> None:
+def test_cli_knn_on_digits(digits_run, tmp_path, capsys) -> None:
     import json
 
     from relssl.cli import main
 
-    assert main(["train", "--epochs", "1", "--k", "2", "--runs-dir", str(tmp_path), "--run-name", "r",
-                 "--no-progress", "--set", "eval.epochs=2", "--set", "eval.compare_random=false"]) == 0
     for weighting in ("exp", "majority"):
         out_json = tmp_path / f"{weighting}.json"
-        assert main(["eval", "knn", "--checkpoint", str(tmp_path / "r"), "--no-progress", "--k", "5",
+        assert main(["eval", "knn", "--checkpoint", str(digits_run), "--no-progress", "--k", "5",
                      "--weighting", weighting, "--json", str(out_json)]) == 0
         assert json.loads(out_json.read_text())["top1"] > 50.0  # digits: far above the 10% of chance
     assert "kNN accuracy (k=5" in capsys.readouterr().out

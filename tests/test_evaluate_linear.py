@@ -5,24 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from pydantic import ValidationError
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from relssl.evaluate import LinearEvalConfig, LinearEvalResult, linear_evaluation, topk_accuracy, topk_correct
 from relssl.evaluate.linear import _set_cross_entropy_grad, _standardize
-
-
-def blobs(n: int, dim: int, classes: int, separation: float, seed: int) -> tuple[torch.Tensor, ...]:
-    """Gaussian blobs around random class centres; train and test drawn from the same centres."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(classes, dim, generator=g) * separation
-    y = torch.randint(0, classes, (n,), generator=g)
-    y_test = torch.randint(0, classes, (n,), generator=g)
-    x = centres[y] + torch.randn(n, dim, generator=g)
-    x_test = centres[y_test] + torch.randn(n, dim, generator=g)
-    return x, y, x_test, y_test
-
 
 # --- metrics ---------------------------------------------------------------------------------
 
@@ -75,7 +63,7 @@ def test_config_rejects_bad_values_naming_the_field(field: str, value: object) -
 
 
 @pytest.mark.parametrize("seed", [-1, True, 1.5])
-def test_bad_seed_is_refused(seed: object) -> None:
+def test_bad_seed_is_refused(seed: object, blobs) -> None:
     x, y, x_test, y_test = blobs(40, 4, 2, separation=3.0, seed=0)
     with pytest.raises(ValueError, match="seed"):
         linear_evaluation(x, y, x_test, y_test, LinearEvalConfig(epochs=1), seed=seed)
@@ -103,7 +91,7 @@ def test_manual_gradient_matches_autograd() -> None:
     torch.testing.assert_close(bias.grad, expected[1])
 
 
-def test_separable_blobs_reach_about_100_percent() -> None:
+def test_separable_blobs_reach_about_100_percent(blobs) -> None:
     x, y, x_test, y_test = blobs(1000, 16, 5, separation=5.0, seed=0)
     result = linear_evaluation(x, y, x_test, y_test)
     assert result.top1 >= 99.0
@@ -119,7 +107,7 @@ def test_random_labels_give_chance_test_accuracy() -> None:
     assert abs(result.top1 - 25.0) < 4.0  # 4000 test samples: one standard error is 0.7 points
 
 
-def test_same_seed_same_result() -> None:
+def test_same_seed_same_result(blobs) -> None:
     x, y, x_test, y_test = blobs(600, 8, 4, separation=0.6, seed=2)
     config = LinearEvalConfig(epochs=10)
     first = linear_evaluation(x, y, x_test, y_test, config, seed=3)
@@ -129,7 +117,7 @@ def test_same_seed_same_result() -> None:
     assert 30.0 < first.top1 < 90.0  # a hard enough case that the equality above is not trivial
 
 
-def test_top5_only_above_ten_classes() -> None:
+def test_top5_only_above_ten_classes(blobs) -> None:
     x, y, x_test, y_test = blobs(800, 16, 12, separation=3.0, seed=4)
     result = linear_evaluation(x, y, x_test, y_test, LinearEvalConfig(epochs=5))
     assert result.num_classes == 12
@@ -138,14 +126,14 @@ def test_top5_only_above_ten_classes() -> None:
     assert ten.top5 is None
 
 
-def test_num_classes_explicit_and_inferred() -> None:
+def test_num_classes_explicit_and_inferred(blobs) -> None:
     x, y, x_test, y_test = blobs(200, 4, 3, separation=3.0, seed=5)
     assert linear_evaluation(x, y, x_test, y_test, LinearEvalConfig(epochs=1), num_classes=20).num_classes == 20
     with pytest.raises(ValueError, match="num_classes"):
         linear_evaluation(x, y, x_test, y_test, LinearEvalConfig(epochs=1), num_classes=2)
 
 
-def test_unlabeled_train_samples_are_an_error() -> None:
+def test_unlabeled_train_samples_are_an_error(blobs) -> None:
     x, y, x_test, y_test = blobs(100, 4, 3, separation=3.0, seed=6)
     y[::10] = -1
     with pytest.raises(ValueError, match=r"train_labels has 10 negative label\(s\).*unlabeled"):
@@ -162,7 +150,7 @@ def test_unlabeled_train_samples_are_an_error() -> None:
         (lambda s: s.update(test_features=s["test_features"][:0], test_labels=s["test_labels"][:0]), "N >= 1"),
     ],
 )
-def test_bad_inputs_are_rejected(change, message: str) -> None:
+def test_bad_inputs_are_rejected(change, message: str, blobs) -> None:
     x, y, x_test, y_test = blobs(50, 4, 3, separation=3.0, seed=7)
     splits = dict(train_features=x, train_labels=y, test_features=x_test, test_labels=y_test)
     change(splits)
@@ -201,7 +189,7 @@ def test_standardize_keeps_constant_features_finite() -> None:
     assert torch.equal(z_test[:, 0], torch.ones(2))  # (2 - 1) / 1: a constant column keeps scale 1
 
 
-def test_standardize_rescues_tiny_features() -> None:
+def test_standardize_rescues_tiny_features(blobs) -> None:
     # Observed behaviour: with features scaled by 1e-4, Adam at lr 1e-3 cannot grow the weights to
     # ~1e4 in 100 epochs, so the bias dominates and the raw probe stays near chance (20% here),
     # whereas the standardized probe is unaffected by the scale.
@@ -214,7 +202,7 @@ def test_standardize_rescues_tiny_features() -> None:
     assert abs(standardized.top1 - unscaled.top1) <= 0.5  # z-scoring makes the probe scale-free
 
 
-def test_result_to_dict_is_json_ready() -> None:
+def test_result_to_dict_is_json_ready(blobs) -> None:
     x, y, x_test, y_test = blobs(100, 4, 3, separation=3.0, seed=10)
     result = linear_evaluation(x, y, x_test, y_test, LinearEvalConfig(epochs=2), progress=True)
     data = json.loads(json.dumps(result.to_dict()))
@@ -223,7 +211,7 @@ def test_result_to_dict_is_json_ready() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_linear_evaluation_on_cuda_matches_cpu_closely() -> None:
+def test_linear_evaluation_on_cuda_matches_cpu_closely(blobs) -> None:
     x, y, x_test, y_test = blobs(1000, 16, 5, separation=1.0, seed=11)
     config = LinearEvalConfig(epochs=20)
     cpu = linear_evaluation(x, y, x_test, y_test, config)

@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from relssl.evaluate.plots import CELL_IN, GAP_IN, HEADER_IN, LABEL_IN, save_retrieval_grid, save_tsne_plot, tsne_embedding
+from relssl.evaluate.plots import (
+    CELL_IN,
+    GAP_IN,
+    HEADER_IN,
+    LABEL_IN,
+    save_retrieval_grid,
+    save_tsne_plot,
+    tsne_embedding,
+)
 
-
-@pytest.fixture(autouse=True)
-def one_openmp_thread():
-    """t-SNE's OpenMP loop slows down 20x and more when its threads compete with other jobs for the cores."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="openmp"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # t-SNE's OpenMP loop slows down 20x and more on busy cores
 
 
 def images(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -89,11 +90,9 @@ def test_tsne_plot_png(tmp_path) -> None:
         save_tsne_plot(features, labels[:10], None, tmp_path / "x.png")
 
 
-def test_cli_tsne_on_digits(tmp_path, capsys) -> None:
+def test_cli_tsne_on_digits(digits_run, capsys) -> None:
     from relssl.cli import main
 
-    assert main(["train", "--epochs", "1", "--k", "2", "--runs-dir", str(tmp_path), "--run-name", "r",
-                 "--no-progress", "--set", "eval.epochs=2", "--set", "eval.compare_random=false"]) == 0
-    assert main(["eval", "tsne", "--checkpoint", str(tmp_path / "r"), "--no-progress", "--max-points", "200"]) == 0
-    assert (tmp_path / "r" / "tsne.png").stat().st_size > 0
+    assert main(["eval", "tsne", "--checkpoint", str(digits_run), "--no-progress", "--max-points", "200"]) == 0
+    assert (digits_run / "tsne.png").stat().st_size > 0
     assert "t-SNE plot" in capsys.readouterr().out

@@ -82,17 +82,6 @@ def test_retrieval_accuracy_rejects_out_of_range_indices() -> None:
 # --- command line ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory) -> "object":
-    """A one-epoch Relational Reasoning checkpoint on the built-in digits set (a few seconds)."""
-    from relssl.cli import main
-
-    runs = tmp_path_factory.mktemp("runs")
-    assert main(["train", "--epochs", "1", "--k", "2", "--runs-dir", str(runs), "--run-name", "r",
-                 "--no-progress", "--set", "eval.epochs=2", "--set", "eval.compare_random=false"]) == 0
-    return runs / "r"
-
-
 def test_cli_retrieval_writes_grid_and_accuracy(digits_run, tmp_path, capsys) -> None:
     from PIL import Image
 

@@ -11,8 +11,8 @@ import pytest
 from relssl.cli import main
 from relssl.cli.train import base_config_tree
 from relssl.errors import ConfigError
-from relssl.train.config import build_config
 from relssl.evaluate.subset import balanced_subset, per_class_count
+from relssl.train.config import build_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,24 +6,16 @@ import math
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 import torch
+from pydantic import ValidationError
 
 from relssl.config import load_yaml
 from relssl.errors import ConfigError
-from relssl.train.config import build_config
 from relssl.evaluate import LinearEvalConfig, linear_evaluation
 from relssl.evaluate.linear import _optimizer, _set_cross_entropy_grad, cosine_lr
+from relssl.train.config import build_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def blobs(n: int, dim: int, classes: int, separation: float, seed: int) -> tuple[torch.Tensor, ...]:
-    """Gaussian blobs around random class centres; train and test drawn from the same centres."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(classes, dim, generator=g) * separation
-    y, y_test = torch.randint(0, classes, (n,), generator=g), torch.randint(0, classes, (n,), generator=g)
-    return centres[y] + torch.randn(n, dim, generator=g), y, centres[y_test] + torch.randn(n, dim, generator=g), y_test
 
 
 def _shipped_paper2(**changes: object) -> LinearEvalConfig:
@@ -41,7 +33,7 @@ def _shipped_paper2(**changes: object) -> LinearEvalConfig:
     ],
     ids=["lars", "sgd"],
 )
-def test_sgd_and_lars_with_cosine_separate_blobs(changes: dict) -> None:
+def test_sgd_and_lars_with_cosine_separate_blobs(changes: dict, blobs) -> None:
     config = _shipped_paper2(**changes)
     assert (config.schedule, config.epochs, config.batch_size) == ("cosine", 90, 256)
     x, y, x_test, y_test = blobs(2000, 16, 8, separation=3.0, seed=0)
@@ -51,7 +43,7 @@ def test_sgd_and_lars_with_cosine_separate_blobs(changes: dict) -> None:
     assert result.epochs == config.epochs
 
 
-def test_cosine_schedule_matches_hand_computed_lr(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cosine_schedule_matches_hand_computed_lr(monkeypatch: pytest.MonkeyPatch, blobs) -> None:
     seen: list[tuple[float, float]] = []
     step = torch.optim.SGD.step
 
@@ -76,7 +68,7 @@ def test_cosine_schedule_matches_hand_computed_lr(monkeypatch: pytest.MonkeyPatc
     assert cosine_lr(0.4, 10, 20) == pytest.approx(0.2)
 
 
-def test_constant_schedule_keeps_the_lr(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_constant_schedule_keeps_the_lr(monkeypatch: pytest.MonkeyPatch, blobs) -> None:
     seen: list[float] = []
     step = torch.optim.SGD.step
     monkeypatch.setattr(torch.optim.SGD, "step",
@@ -129,7 +121,7 @@ def test_paper1_defaults_are_unchanged() -> None:
     assert shipped.eval == build_config().eval
 
 
-def test_top5_rule() -> None:
+def test_top5_rule(blobs) -> None:
     x, y, x_test, y_test = blobs(300, 8, 7, separation=3.0, seed=4)
     assert linear_evaluation(x, y, x_test, y_test, LinearEvalConfig(epochs=1)).top5 is None  # paper 1: > 10 classes
     assert linear_evaluation(x, y, x_test, y_test, LinearEvalConfig(epochs=1, top5=True)).top5 is not None

@@ -40,10 +40,12 @@ def numpy_reference_code_simclr(z1: np.ndarray, z2: np.ndarray, t: float) -> flo
 
 
 def numpy_info_nce(q, k, negs, t) -> float:
+    def unit(v):
+        return v / np.linalg.norm(v)
+
     out = []
     for b in range(len(q)):
         nb = negs if negs.ndim == 2 else negs[b]
-        unit = lambda v: v / np.linalg.norm(v)
         qb = unit(q[b].astype(np.float64))
         pos = np.exp(qb @ unit(k[b]) / t)
         neg = sum(np.exp(qb @ unit(m) / t) for m in nb)

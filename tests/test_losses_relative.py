@@ -14,7 +14,10 @@ from relssl.losses.relative import relative_contrastive_loss
 
 def numpy_rcl(qs, zp, queue, positive, tau) -> float:
     """Eq. 3 term by term for every query n and criterion i, alpha_i = 1/H (Eq. 2), mean over n."""
-    unit = lambda v: np.asarray(v, dtype=np.float64) / np.linalg.norm(v)
+
+    def unit(v):
+        return np.asarray(v, dtype=np.float64) / np.linalg.norm(v)
+
     h, n = len(qs), len(zp)
     per_query = []
     for b in range(n):

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from relssl.augment import to_normalized
-from relssl.errors import ConfigError
-from relssl.train.config import build_config
 from relssl.data import load_split
+from relssl.errors import ConfigError
 from relssl.evaluate import FinetuneConfig, finetune
 from relssl.losses import relational_pairs
 from relssl.methods import EpochContext
-from relssl.train import build_method
 from relssl.methods.rotnet import rotate_four
 from relssl.models import create_backbone
+from relssl.train import build_method
+from relssl.train.config import build_config
 
 METHODS = ["relational", "simclr", "rotnet", "deepcluster", "dim", "supervised"]
 

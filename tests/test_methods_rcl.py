@@ -9,20 +9,20 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 import torch
 import torch.distributed as dist
-from gloo_spawn import run_ranks
+from pydantic import ValidationError
 
+from gloo_spawn import run_ranks
 from relssl.augment import to_normalized
 from relssl.cluster import OnlineHierarchy, dbscan_levels, kmeans_levels
 from relssl.errors import ConfigError
-from relssl.train.config import build_config
 from relssl.losses import relative_contrastive_loss
 from relssl.methods import EpochContext
-from relssl.train import build_method
 from relssl.methods.rcl import RCL, RCLConfig
 from relssl.models import create_backbone
+from relssl.train import build_method
+from relssl.train.config import build_config
 
 N = 40  # images in the (fake) training split
 M = 8  # images per batch
@@ -35,13 +35,8 @@ NORMALIZE = functools.partial(to_normalized, mean=(0.5,) * 3, std=(0.25,) * 3)
 HAND_LABELS = np.stack([np.arange(N), np.arange(N) // 2, np.arange(N) // 4, np.arange(N) // 20], axis=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two cores shared with benchmarks: intra-op threads oversubscribe them (a 3 s run takes 100 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Two cores shared with benchmarks: intra-op threads oversubscribe them (a 3 s run takes 100 s).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _method(seed=0, **overrides):
@@ -470,8 +465,8 @@ def test_bad_criteria_settings_are_config_errors_naming_the_key(overrides, key):
 
 @pytest.mark.parametrize("overrides,message", [
     ({"rcl.criteria": "kmeans", "rcl.kmeans_clusters": [80, 8]}, r"rcl\.kmeans_clusters .*not exceed the 40 training"),
-    ({"rcl.hierarchy_options": {"merge_treshold": 0.5}}, r"rcl\.hierarchy_options: .*'merge_treshold'"),
-    ({"rcl.hierarchy_options": {"merge_threshold": 1.5}}, r"rcl\.hierarchy_options: merge_threshold must be"),
+    ({"rcl.hierarchy_options": {"merge_treshold": 0.5}}, r"config key 'rcl\.hierarchy_options': .*'merge_treshold'"),
+    ({"rcl.hierarchy_options": {"merge_threshold": 1.5}}, r"config key 'rcl\.hierarchy_options': merge_threshold must be"),
 ])
 def test_bad_levels_fail_at_start_up_not_after_the_warmup(overrides, message):
     """These depend on the dataset (checked when the method is built) or on OnlineHierarchy's options

@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from relssl.errors import ConfigError
-from relssl.train.config import build_config
 from relssl.losses import relative_contrastive_loss
-from relssl.train import build_method
 from relssl.methods.byol import BYOL
 from relssl.methods.mocov2 import MoCoV2
 from relssl.methods.mocov3 import MoCoV3
 from relssl.methods.nnclr import NNCLR, NNCLRConfig
 from relssl.methods.simsiam import SimSiam
 from relssl.models import create_backbone
+from relssl.train import build_method
+from relssl.train.config import build_config
 
 M = 8  # images per batch
 SMALL = {

@@ -10,21 +10,12 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from threadpoolctl import threadpool_limits
 
 from relssl.cluster import OnlineHierarchy, dbscan_levels, enforce_hierarchy, kmeans_levels
 from relssl.cluster.density_peak import assign_to_prototypes
 from relssl.cluster.tree import quantize as _quantize
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny inputs: thread start-up and contention cost far more than the arithmetic.
-    with threadpool_limits(limits=1):
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny inputs: threads cost far more than the arithmetic
 
 
 def blobs(centres: torch.Tensor, per: int, noise: float, seed: int = 0) -> torch.Tensor:

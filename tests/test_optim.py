@@ -10,12 +10,11 @@ import torch
 from torch import nn
 
 from relssl.augment import AugmentConfig
-from relssl.optim import OptimConfig
-from relssl.train.config import build_config
-from relssl.train import build_method
 from relssl.models import create_backbone
+from relssl.optim import OptimConfig, build_optimizer, build_scheduler, lr_factor
+from relssl.train import build_method
 from relssl.train.checkpoint import load_checkpoint
-from relssl.optim import build_optimizer, build_scheduler, lr_factor
+from relssl.train.config import build_config
 from relssl.train.run import build_backbone
 from relssl.train.trainer import Trainer
 

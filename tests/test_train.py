@@ -8,12 +8,11 @@ import torch
 
 from relssl.augment import AugmentConfig
 from relssl.cli import main
-from relssl.train.config import build_config
+from relssl.errors import CheckpointError, NonFiniteLossError
 from relssl.methods import StepOutput
 from relssl.train import build_method
-from relssl.errors import CheckpointError
 from relssl.train.checkpoint import load_checkpoint
-from relssl.errors import NonFiniteLossError
+from relssl.train.config import build_config
 from relssl.train.run import build_backbone
 from relssl.train.trainer import Trainer
 

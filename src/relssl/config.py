@@ -8,6 +8,7 @@ key. The sections themselves live beside the code that uses them (`relssl.data.D
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from relssl.errors import ConfigError
 __all__ = ["Section", "describe_validation_error", "load_yaml", "parse_value", "validate_section"]
 
 SectionT = TypeVar("SectionT", bound="Section")
+_NAMED_KEY = re.compile(r"^([A-Za-z_][\w-]*(?:\.[\w-]+)+)(:?) (.*)$", re.S)
 
 
 class Section(BaseModel):
@@ -35,7 +37,10 @@ def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     if first["type"] == "extra_forbidden":
         msg = "unknown key; check the spelling against `relssl train --print-config`"
-    msg = msg.removeprefix(f"{key} ")  # a validator that already named the key
+    named = _NAMED_KEY.match(msg)  # a check that names its key itself: "data.root: ...", "rcl.radii must ..."
+    if named and (key == "config" or named.group(1) == key or named.group(1).startswith(f"{key}.")):
+        key = named.group(1)
+        msg = named.group(3) if named.group(2) else msg  # "key: what" loses the label; "key must ..." reads on
     return f"config key '{key}': {msg}{more}"
 
 
