@@ -226,6 +226,38 @@ def test_density_peaks_oversized_group_uses_a_strided_subset():
     assert owner[0] != owner[40]
 
 
+def test_density_peaks_oversized_group_prototypes_own_themselves():
+    # A zero centre (a zero feature) has similarity 0 to every prototype, itself included: argmax
+    # alone would hand prototype 30 (a strided candidate) to the first prototype in row order.
+    x = blobs(orthogonal_centres(2, 8), 40, 0.05)
+    x[30] = 0.0
+    owner = assign_to_prototypes(x, torch.ones(80), torch.tensor([80]), cutoff=0.6, min_delta=0.6, max_units=16)
+    protos = torch.unique(owner)
+    assert protos.numel() == 3 and int(protos[0]) < 30  # a blob peak comes first, so the argmax tie matters
+    assert owner[30] == 30
+    assert torch.equal(owner[owner], owner)  # every owner is a prototype that owns itself
+
+
+def test_update_oversized_cluster_with_a_zero_feature_keeps_the_hierarchy():
+    # Regression (property test, --hypothesis-seed=0): one cluster of 18 samples, more than max_units = 3,
+    # so its prototypes are a strided subset {0, 6, 12}; sample 12 gets a zero feature. Its zero centre
+    # made argmax send prototype 12 to prototype 0 while sample 8 (negative cosine to 0 and 6) still
+    # chose 12, so sample 8 was moved to cluster id -1 (RuntimeError in _move_units).
+    oh = OnlineHierarchy(
+        18, 2, radii=(1.0,), min_samples=1, merge_threshold=0.0, split_scale=1.0, assign="nearest",
+        recheck_fraction=0.0, max_clusters_per_level=1, max_units=3, split_budget=1,
+    )
+    oh.initialize(torch.randn(18, 3, generator=torch.Generator().manual_seed(0)))
+    assert oh.num_clusters == (18, 1)
+    stats = oh.update(torch.tensor([12]), torch.zeros(1, 3))
+    check_invariants(oh)
+    assert torch.equal(oh.bank[12], torch.zeros(3))
+    assert stats.checked == (1,) and stats.created == (2,) and oh.num_clusters == (18, 3)
+    # The zero-feature prototype keeps a part of its own, with the sample that chose it.
+    assert oh.labels[12, 1] == oh.labels[8, 1]
+    assert int((oh.labels[:, 1] == oh.labels[12, 1]).sum()) == 2
+
+
 def test_update_merges_sibling_clusters_with_near_identical_centres():
     oh = OnlineHierarchy(30, 3)
     x = blobs(orthogonal_centres(1, 8), per=30, noise=0.1)

@@ -123,6 +123,10 @@ def assign_to_prototypes(
         protos = lo + cand[proto[0]]
         near = (centres[lo : lo + n] @ centres[protos].T).argmax(dim=1)
         owner[lo : lo + n] = protos[near]
+        # A prototype owns itself, as in the padded path: argmax alone does not ensure it (a zero
+        # centre has similarity 0 to itself too; equal centres tie), and a prototype handed to
+        # another one would leave the units it still owns without a part (target id -1).
+        owner[protos] = protos
     return owner
 
 

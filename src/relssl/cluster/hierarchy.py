@@ -198,6 +198,7 @@ class OnlineHierarchy(ClusterTree):
             assign=self.assign, max_units=self.max_units,
         )
         rows = torch.arange(units.numel(), device=self.device)
+        # Prototypes own themselves and every owner is one (owner[owner] == owner), so each unit's part gets an id.
         protos = torch.nonzero(owner == rows).flatten()
         if protos.numel() == gids.numel():
             return empty
