@@ -39,7 +39,7 @@ holds a `last.pt` to resume from.
 
 # Keys that may differ between a finished run and the grid without changing its numbers.
 IGNORED_CONFIG_KEYS = frozenset({
-    "train.progress", "train.device", "train.log_every", "train.runs_dir", "train.run_name",
+    "train.progress", "train.device", "train.backend", "train.log_every", "train.runs_dir", "train.run_name",
     "train.checkpoint_every", "train.checkpoint_every_steps", "train.keep_periodic",
     "data.root", "data.cache_dir", "data.download", "eval.feature_batch_size",
 })

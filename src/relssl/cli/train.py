@@ -13,6 +13,7 @@ from relssl.cli.options import RAW, parse_sets
 from relssl.config import load_yaml
 from relssl.data import DATASETS
 from relssl.dicts import deep_merge
+from relssl.distributed import launch_from_env
 from relssl.errors import ConfigError
 from relssl.methods import METHODS
 from relssl.models import BACKBONES
@@ -145,7 +146,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     run_dir, metrics = run_training(config, checkpoint=checkpoint, run_dir=run_dir)
     if not metrics["finished"]:
-        return 130  # stopped by Ctrl-C after checkpointing; the message said how to resume
+        return 130  # stopped by Ctrl-C or SIGTERM after checkpointing; the message said how to resume
+    if launch_from_env().rank != 0:
+        return 0  # under torchrun, rank 0 reports for all
     print(f"run directory: {run_dir}")
     protocol = metrics.get("eval_protocol", "linear")
     if f"{protocol}_top1" in metrics:

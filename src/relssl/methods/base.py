@@ -81,6 +81,10 @@ class Method(nn.Module):
         """Loss from K*M augmented views (view-major), the M labels (-1 = unknown) and dataset indices."""
         raise NotImplementedError
 
+    def forward(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
+        """The training step, as the module's forward (what DistributedDataParallel wraps)."""
+        return self.training_step(views, labels, indices)
+
     def on_epoch_start(self, context: EpochContext) -> None:
         """Called before the first step of every epoch (not when resuming mid-epoch)."""
 

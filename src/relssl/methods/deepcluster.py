@@ -10,6 +10,7 @@ from torch import nn
 
 from relssl.cluster.kmeans import kmeans_assign, pca_whiten_l2
 from relssl.config import Section
+from relssl.distributed import broadcast_tensor, is_main
 from relssl.errors import ConfigError
 from relssl.evaluate import extract_features
 from relssl.methods.base import EpochContext, Method, StepOutput, TrainingSet, accuracy
@@ -65,17 +66,21 @@ class DeepCluster(Method):
 
     @torch.no_grad()
     def on_epoch_start(self, context: EpochContext) -> None:
-        features = extract_features(
-            self.backbone, context.images, normalize=context.normalize, device=context.device,
-            progress=context.progress, desc="deepcluster features",
-        )
+        """Re-cluster: rank 0 extracts features and runs k-means, every rank receives its labels."""
         seed = context.seed * 1000 + context.epoch
-        reduced = pca_whiten_l2(features.numpy(), min(self.pca_dim, len(features)), seed=seed)
-        labels, _ = kmeans_assign(reduced, self.num_clusters, seed=seed, max_iter=self.kmeans_iters)
-        counts = np.bincount(labels, minlength=self.num_clusters).astype(np.float64)
-        weights = np.where(counts > 0, len(labels) / (self.num_clusters * np.maximum(counts, 1)), 0.0)
-        self.pseudo_labels.copy_(torch.from_numpy(labels.astype(np.int64)))
-        self.cluster_weights.copy_(torch.from_numpy(weights).float())
+        if is_main():
+            features = extract_features(
+                self.backbone, context.images, normalize=context.normalize, device=context.device,
+                progress=context.progress, desc="deepcluster features",
+            )
+            reduced = pca_whiten_l2(features.numpy(), min(self.pca_dim, len(features)), seed=seed)
+            labels, _ = kmeans_assign(reduced, self.num_clusters, seed=seed, max_iter=self.kmeans_iters)
+            counts = np.bincount(labels, minlength=self.num_clusters).astype(np.float64)
+            weights = np.where(counts > 0, len(labels) / (self.num_clusters * np.maximum(counts, 1)), 0.0)
+            self.pseudo_labels.copy_(torch.from_numpy(labels.astype(np.int64)))
+            self.cluster_weights.copy_(torch.from_numpy(weights).float())
+        broadcast_tensor(self.pseudo_labels)
+        broadcast_tensor(self.cluster_weights)
         self._reset_classifier(seed)
         for param in self.classifier.parameters():
             context.optimizer.state.pop(param, None)

@@ -9,6 +9,8 @@ from pydantic import Field
 from torch import nn
 
 from relssl.config import Section
+from relssl.distributed import gather_no_grad, rank_slice, world_size
+from relssl.errors import ConfigError
 from relssl.losses.contrastive import info_nce
 from relssl.methods.base import StepOutput
 from relssl.methods.queue import FeatureQueue
@@ -26,6 +28,9 @@ class MoCoV2Config(Section):
     momentum: float = Field(default=0.999, ge=0, lt=1)
     momentum_schedule: Literal["cosine", "constant"] = "constant"
     symmetric: bool = False
+    # MoCo's shuffling BN: the key encoder sees the global batch shuffled across processes, so its
+    # BatchNorm statistics do not leak which key belongs to which query. Needs 2 or more processes.
+    shuffle_bn: bool = False
 
 
 @register_method("mocov2", config=MoCoV2Config)
@@ -46,9 +51,31 @@ class MoCoV2(TwoViewMethod):
         super().__init__(backbone, config.projector_hidden, config.projector_dim, predictor_hidden=None,
                          momentum=config.momentum, momentum_schedule=config.momentum_schedule,
                          projector_last_bn=False)
+        if config.shuffle_bn and world_size() < 2:
+            raise ConfigError("mocov2.shuffle_bn shuffles the batch across processes for the key encoder's "
+                              "BatchNorm; it needs 2 or more (torchrun --nproc_per_node N), or drop it")
         self.temperature = config.temperature
         self.symmetric = config.symmetric
+        self.shuffle_bn = config.shuffle_bn
         self.queue = FeatureQueue(config.queue_size, config.projector_dim)
+
+    @torch.no_grad()
+    def _shuffled_keys(self, views: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Keys of this rank's views, computed on a slice of the global batch shuffled across ranks.
+
+        The permutation is a hash of the batch's dataset indices: the same on every rank (no
+        broadcast) and the same again when a run resumes. The keys come back in the views' order.
+        """
+        all_views, all_indices = gather_no_grad(views), gather_no_grad(indices)
+        order = torch.argsort((all_indices * 2654435761) % 4294967296)  # Knuth's multiplicative hash
+        mine = rank_slice(views.shape[0])
+        shuffled = gather_no_grad(self.keys(all_views[order[mine]]))
+        keys = torch.empty_like(shuffled)
+        keys[order] = shuffled
+        return keys[mine]
+
+    def _keys(self, views: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        return self._shuffled_keys(views, indices) if self.shuffle_bn else self.keys(views)
 
     def _loss(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         negatives = self.queue.features()
@@ -63,10 +90,10 @@ class MoCoV2(TwoViewMethod):
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         v1, v2 = views.chunk(2)
         q1 = self.project(v1)
-        k2 = self.keys(v2)
+        k2 = self._keys(v2, indices)
         loss, acc = self._loss(q1, k2)
         if self.symmetric:
-            loss_b, acc_b = self._loss(self.project(v2), self.keys(v1))
+            loss_b, acc_b = self._loss(self.project(v2), self._keys(v1, indices))
             loss, acc = (loss + loss_b) / 2, (acc + acc_b) / 2
         self.queue.enqueue(k2, indices)
         return StepOutput(loss=loss, metrics={"pos_acc": acc})

@@ -11,7 +11,7 @@ from torch import nn
 from relssl.cluster import OnlineHierarchy, dbscan_levels, kmeans_levels
 from relssl.cluster.offline import check_radii
 from relssl.config import Section
-from relssl.distributed import gather_no_grad
+from relssl.distributed import broadcast_object, broadcast_tensor, gather_no_grad, is_distributed, is_main
 from relssl.errors import ConfigError
 from relssl.evaluate import extract_features
 from relssl.losses.relative import relative_contrastive_loss
@@ -149,22 +149,40 @@ class RCL(TwoViewMethod):
 
     @torch.no_grad()
     def on_epoch_start(self, context: EpochContext) -> None:
+        """Cluster after the warm-up (online: once; offline criteria: every epoch).
+
+        Rank 0 extracts the keys and clusters them; every rank receives the result (the online
+        hierarchy's whole state, or the offline labels), so all ranks hold identical labels.
+        """
         if context.epoch < self.warmup_epochs:
             return
         if self.criteria == "online" and self._clustered:
             return  # the online hierarchy is built once, then refined every step
-        encoder = self.target.target if self.target is not None else nn.Sequential(self.backbone, self.projector)
-        keys = extract_features(encoder, context.images, normalize=context.normalize, device=context.device,
-                                progress=context.progress, desc=f"rcl {self.criteria} clustering")
-        keys = nn.functional.normalize(keys, dim=1)
+        labels = self.level_labels.clone()
+        hierarchy: OnlineHierarchy | None = None
+        if is_main():
+            encoder = self.target.target if self.target is not None else nn.Sequential(self.backbone, self.projector)
+            keys = extract_features(encoder, context.images, normalize=context.normalize, device=context.device,
+                                    progress=context.progress, desc=f"rcl {self.criteria} clustering")
+            keys = nn.functional.normalize(keys, dim=1)
+            if self.criteria == "online":
+                hierarchy = self._new_hierarchy()
+                hierarchy.initialize(keys.to(self.level_labels.device))
+            elif self.criteria == "kmeans":
+                labels, _ = kmeans_levels(keys, self.config.kmeans_clusters, seed=self.seed * 1000 + context.epoch)
+            else:
+                labels, _ = dbscan_levels(keys, self.config.radii, self.config.min_samples)
         if self.criteria == "online":
-            self.hierarchy = self._new_hierarchy()
-            self.hierarchy.initialize(keys.to(self.level_labels.device))
-            labels = self.hierarchy.labels
-        elif self.criteria == "kmeans":
-            labels, _ = kmeans_levels(keys, self.config.kmeans_clusters, seed=self.seed * 1000 + context.epoch)
+            if is_distributed():
+                state = broadcast_object(hierarchy.state_dict() if hierarchy is not None else None)
+                if hierarchy is None and state is not None:  # another rank: rebuild rank 0's hierarchy
+                    hierarchy = self._new_hierarchy()
+                    hierarchy.load_state_dict(state)
+            assert hierarchy is not None
+            self.hierarchy = hierarchy
+            labels = hierarchy.labels
         else:
-            labels, _ = dbscan_levels(keys, self.config.radii, self.config.min_samples)
+            labels = broadcast_tensor(labels.to(self.level_labels.device))
         self.set_level_labels(labels)
 
     @torch.no_grad()

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from relssl.config import Section
+from relssl.distributed import gather_no_grad, gather_with_grad, world_size
 from relssl.errors import ConfigError
 from relssl.evaluate.subset import balanced_subset
 from relssl.losses import AGGREGATIONS, focal_bce, relational_pairs
@@ -30,6 +31,10 @@ class RelationalConfig(Section):
     # Semi-supervised option: share of training images (class-balanced, seeded by the run's seed)
     # whose labels are used to form extra positives (same class). 0 is the paper's unsupervised method.
     labelled_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    # With several processes: "local" builds pairs among each rank's own images (as the reference
+    # code would per GPU; pairs grow as K^2 * M / ranks); "global" gathers every rank's features and
+    # builds the pairs of the whole batch on every rank, the same as one process with the global batch.
+    pairs: Literal["local", "global"] = "local"
 
     @field_validator("aggregation")
     @classmethod
@@ -68,6 +73,7 @@ class RelationalReasoning(Method):
         self.gamma = config.gamma
         self.head_kind = config.head
         self.use_labels = config.labelled_fraction > 0
+        self.global_pairs = config.pairs == "global"
         if config.head == "mlp":
             self.head = RelationHead(2 * dim if config.aggregation == "cat" else dim, hidden=config.head_hidden)
         elif config.head == "encoder":
@@ -87,6 +93,16 @@ class RelationalReasoning(Method):
         out[keep] = labels[keep]
         return out
 
+    def _global_batch(self, z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ranks' features, view-major over the global batch (gradients reach each rank's rows), and labels.
+
+        Every rank then scores the whole batch's pairs; DDP's average of the identical losses, with
+        the gather's summed gradients, gives exactly the gradient of one process on the global batch.
+        """
+        k, d = self.num_views, z.shape[1]
+        gathered = gather_with_grad(z).view(world_size(), k, -1, d)  # rank-major: rank, view, image
+        return gathered.transpose(0, 1).reshape(-1, d), gather_no_grad(labels)
+
     def pair_logits(self, z: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Relation scores (logits) and targets of every pair built from the K*M features `z`."""
         if self.head_kind == "encoder":
@@ -99,6 +115,8 @@ class RelationalReasoning(Method):
 
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         z = self.backbone(views)
+        if self.global_pairs and world_size() > 1:
+            z, labels = self._global_batch(z, labels)
         logits, targets = self.pair_logits(z, labels if self.use_labels else None)
         logits = logits.float()
         loss = focal_bce(logits, targets, gamma=self.gamma)

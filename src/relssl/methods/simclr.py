@@ -9,6 +9,7 @@ from pydantic import Field
 from torch import nn
 
 from relssl.config import Section
+from relssl.distributed import gather_with_grad
 from relssl.losses.contrastive import nt_xent
 from relssl.methods.base import Method, StepOutput
 from relssl.methods.registry import register_method
@@ -42,8 +43,11 @@ class SimCLR(Method):
         self.projector = ProjectionMLP(feature_dim(backbone), [config.projector_hidden], config.projector_dim)
 
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
-        z = self.projector(self.backbone(views)).float()
-        z1, z2 = z.chunk(2)
+        z1, z2 = self.projector(self.backbone(views)).float().chunk(2)
+        # Negatives over the global batch: every rank gathers all projections (gradients flow back to
+        # each rank's own rows) and computes the whole batch's loss, which the "mean_log" form needs.
+        z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
+        z = torch.cat((z1, z2))
         loss = nt_xent(z1, z2, temperature=self.temperature, form=self.form)
         with torch.no_grad():  # is the other view the most similar of the 2M-1 candidates?
             zn = nn.functional.normalize(z, dim=1)

@@ -19,6 +19,7 @@ class BackboneConfig(Section):
     name: str = "conv4"
     cifar_stem: bool | None = None  # only for backbones with that option (resnet18/34/50); None: its default
     options: dict[str, Any] = {}  # any other option of the backbone, e.g. {pooling: max} for conv4
+    sync_bn: bool = False  # several GPU processes: BatchNorm statistics over the global batch (SyncBatchNorm)
 
     @field_validator("name")
     @classmethod

@@ -15,10 +15,12 @@ DEVICE_RESIDENT_BYTES = 4 * 1024**3
 
 
 class BatchStream:
-    """Yields (uint8 images (M,H,W,3), labels (M,), dataset indices (M,)) on `device`, reproducible per epoch.
+    """Yields (uint8 images (m,H,W,3), labels (m,), dataset indices (m,)) on `device`, reproducible per epoch.
 
-    The permutation of epoch e is drawn from a generator seeded with (seed, e), so a resumed
-    run sees the same batches; with `world_size` > 1 each rank takes a disjoint slice.
+    `batch_size` is the global batch M of a step; with `world_size` processes each rank takes its
+    own slice of m = M / world_size images, rank after rank. The permutation of epoch e is drawn
+    from a generator seeded with (seed, e) and does not depend on the number of processes, so
+    every image is seen once per epoch over all ranks and a run resumes at any world size.
     """
 
     def __init__(
@@ -32,12 +34,20 @@ class BatchStream:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if len(images) < batch_size * world_size:
+        if batch_size % world_size:
             raise ConfigError(
-                f"train.batch_size={batch_size} x {world_size} process(es) exceeds the "
-                f"{len(images)} training images; lower --batch-size"
+                f"train.batch_size={batch_size} is the global batch of a step; it must divide evenly over the "
+                f"{world_size} processes (e.g. {batch_size - batch_size % world_size or world_size})"
+            )
+        if batch_size // world_size < 2:
+            raise ConfigError(f"train.batch_size={batch_size} leaves fewer than 2 images per process for "
+                              f"{world_size} processes; BatchNorm needs at least 2")
+        if len(images) < batch_size:
+            raise ConfigError(
+                f"train.batch_size={batch_size} exceeds the {len(images)} training images; lower --batch-size"
             )
         self.batch_size = batch_size
+        self.local_batch_size = batch_size // world_size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -53,16 +63,14 @@ class BatchStream:
 
     @property
     def steps_per_epoch(self) -> int:
-        """Full batches per epoch per process (the last partial batch is dropped)."""
-        return self.num_images // (self.batch_size * self.world_size)
+        """Full global batches per epoch (the last partial batch is dropped)."""
+        return self.num_images // self.batch_size
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:
-        """This rank's (steps, M) image indices for `epoch`."""
+        """This rank's (steps, m) image indices for `epoch`."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.num_images, generator=gen)
-        per_step = self.batch_size * self.world_size
-        perm = perm[: self.steps_per_epoch * per_step].view(self.steps_per_epoch, self.world_size, self.batch_size)
-        return perm[:, self.rank]
+        perm = torch.randperm(self.num_images, generator=gen)[: self.steps_per_epoch * self.batch_size]
+        return perm.view(self.steps_per_epoch, self.world_size, self.local_batch_size)[:, self.rank]
 
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Batches of `epoch`, skipping the first `start_step` (for mid-epoch resume)."""

@@ -38,12 +38,13 @@ class TrainConfig(Section):
 
     epochs: int = Field(default=200, ge=1)
     max_steps: int | None = Field(default=None, ge=1)  # a fixed step budget overrides epochs
-    batch_size: int = Field(default=64, ge=2)  # M, images per step (per process)
+    batch_size: int = Field(default=64, ge=2)  # M, images per step over all processes (the global batch)
     checkpoint_every: int = Field(default=1, ge=1)  # epochs between periodic checkpoints
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
     keep_periodic: bool = False  # also keep epoch-numbered checkpoints beside last.pt
     log_every: int = Field(default=20, ge=1)  # steps between CSV flushes / host syncs
-    device: str = "auto"
+    device: str = "auto"  # with several processes, auto/cuda mean each process's GPU (its local rank)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # process-group backend under torchrun; auto: nccl on GPUs
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     runs_dir: str = "runs"

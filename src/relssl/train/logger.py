@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
+from relssl.distributed import all_reduce_mean
 from relssl.errors import NonFiniteLossError
 
 __all__ = ["NonFiniteLossError", "StepLog"]
@@ -17,14 +19,19 @@ class StepLog:
     """Buffers per-step metric tensors and writes them to `train_log.csv` in one host sync.
 
     Reading a GPU scalar every step would stall the pipeline, so values stay on the device
-    until `flush`, which also checks them for NaN/inf.
+    until `flush`, which also checks them for NaN/inf. With several processes every rank flushes
+    at the same steps: the values written are the mean over ranks (one all-reduce per flush), so
+    a NaN on any rank stops all of them, and only the rank given a `path` (rank 0) writes.
     """
 
-    def __init__(self, path: Path, columns: list[str], append: bool = False) -> None:
+    def __init__(self, path: Path | None, columns: list[str], append: bool = False) -> None:
         self.path = path
         self.columns = columns
         self._pending: list[tuple[int, int, float, dict[str, torch.Tensor]]] = []
         self.last: dict[str, float] = {}
+        self._fh: TextIO | None = None
+        if path is None:
+            return
         fresh = not (append and path.exists())
         self._fh = path.open("w" if fresh else "a", newline="")
         self._writer = csv.writer(self._fh)
@@ -41,18 +48,21 @@ class StepLog:
         if not self._pending:
             return self.last
         stacked = torch.stack([torch.stack([m[c].float() for c in self.columns]) for *_, m in self._pending])
-        values = stacked.cpu().tolist()  # the one host sync for the whole buffer
+        values = all_reduce_mean(stacked).cpu().tolist()  # the one host sync for the whole buffer
         rows = self._pending
         self._pending = []
         for (step, epoch, elapsed, _), vals in zip(rows, values):
             if not all(math.isfinite(v) for v in vals):
                 bad = dict(zip(self.columns, vals))
                 raise NonFiniteLossError(f"non-finite value at step {step} (epoch {epoch}): {bad}")
-            self._writer.writerow([step, epoch, f"{elapsed:.3f}", *(f"{v:.6g}" for v in vals)])
-        self._fh.flush()
+            if self._fh is not None:
+                self._writer.writerow([step, epoch, f"{elapsed:.3f}", *(f"{v:.6g}" for v in vals)])
+        if self._fh is not None:
+            self._fh.flush()
         self.last = dict(zip(self.columns, values[-1]))
         return self.last
 
     def close(self) -> None:
         """Close the file (pending rows are dropped: call flush first if they are wanted)."""
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()

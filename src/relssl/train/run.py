@@ -13,7 +13,14 @@ from torch import nn
 
 from relssl.augment import AugmentConfig
 from relssl.data import ImageArrays, channel_stats, load_split
-from relssl.distributed import resolve_device
+from relssl.distributed import (
+    barrier,
+    broadcast_object,
+    is_main,
+    start_process_group,
+    stop_process_group,
+    world_size,
+)
 from relssl.errors import ConfigError
 from relssl.evaluate import EvalContext, EvalData, FeatureCache, ScoredBackbone, evaluate_backbones
 from relssl.methods import METHODS, Method, create_method
@@ -66,23 +73,61 @@ def compare_random_enabled(config: RunConfig) -> bool:
     return config.data.dataset == "digits" if flag is None else flag
 
 
+def _quiet(line: str) -> None:
+    """The log of ranks other than 0: they print nothing."""
+
+
 def run_training(config: RunConfig, checkpoint: dict[str, Any] | None = None, run_dir: Path | None = None,
                  log: Log = print) -> tuple[Path, dict[str, Any]]:
     """Train (or, given a loaded checkpoint and its run directory, resume) a run; evaluate it.
 
     Returns (run_dir, metrics). When resuming, `config` should be the checkpoint's own config
-    with the user's explicit overrides applied (see `resume_config`).
+    with the user's explicit overrides applied (see `resume_config`). Under torchrun every process
+    calls this: they join the process group here (and leave it after training), rank 0 alone
+    writes files and evaluates, and the others return metrics without evaluation.
     """
-    device = resolve_device(config.train.device)
+    device, joined = start_process_group(config.train.backend, config.train.device)
+    main = is_main()  # remembered: after the group is left every process would look like rank 0
+    try:
+        run_dir, metrics, trainer, aug_cfg = _train(config, checkpoint, run_dir, device, log if main else _quiet)
+    except BaseException:
+        if joined:  # no last barrier: the other ranks may be gone or stuck; the launcher ends them
+            stop_process_group(wait=False)
+        raise
+    if joined:
+        stop_process_group()
+    if not metrics["finished"] or not main:
+        return run_dir, metrics
+    if config.eval.linear:
+        metrics.update(_evaluate(config, trainer, aug_cfg, device, run_dir, log))
+    write_json(metrics, run_dir / "metrics.json")
+    log(f"metrics: {run_dir / 'metrics.json'}")
+    return run_dir, metrics
+
+
+def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path | None, device: torch.device,
+           log: Log) -> tuple[Path, dict[str, Any], Trainer, AugmentConfig]:
+    """Pretrain on every rank; the metrics of the training stage (and, on rank 0, backbone.safetensors)."""
     seed_everything(config.seed)
 
     data = config.data
     split = data.pretrain_split()
-    train = load_split(data.dataset, split, data.root, download=data.download, cache_dir=data.cache_dir,
-                       image_size=data.image_size, progress=config.train.progress)
+
+    def read() -> ImageArrays:
+        return load_split(data.dataset, split, data.root, download=data.download, cache_dir=data.cache_dir,
+                          image_size=data.image_size, progress=config.train.progress and is_main())
+
+    # Rank 0 downloads and decodes first; the others then read its cache instead of decoding again.
+    train = read() if is_main() else None
+    barrier()
+    train = train if train is not None else read()
     aug_cfg = augment_config(config, train)
     log(f"pretraining {config.method} / {config.backbone.name} on {data.dataset}:{split} "
         f"({len(train)} images {train.images.shape[1]}x{train.images.shape[2]}) on {device}")
+    processes = world_size()
+    if processes > 1:
+        log(f"{processes} processes: batch {config.train.batch_size} images per step in all "
+            f"({config.train.batch_size // processes} per process); lr {config.optim.lr:g} as given, for that global batch")
 
     method = build_method(config, build_backbone(config), num_images=len(train), num_classes=train.num_classes)
     labels = method.training_labels(np.asarray(train.labels, dtype=np.int64), config.seed)
@@ -91,11 +136,13 @@ def run_training(config: RunConfig, checkpoint: dict[str, Any] | None = None, ru
                           "unlabelled images; pretrain on a labelled split (data.train_split)")
     trainer = Trainer(config, method, train.images, labels, aug_cfg, device)
     # The run directory appears only once everything above has validated, so a bad start
-    # leaves nothing behind.
+    # leaves nothing behind. Rank 0 makes it and tells the others its name.
     if checkpoint is None or run_dir is None:
-        checkpoint, run_dir = None, create_run_dir(config)
-    else:
+        checkpoint = None
+        run_dir = broadcast_object(create_run_dir(config) if is_main() else None)
+    elif is_main():
         write_config(config, run_dir)  # record overrides such as a longer schedule
+    assert run_dir is not None
     trainer.run_dir = run_dir
     log(f"run directory: {run_dir}")
     if checkpoint is not None:
@@ -109,16 +156,12 @@ def run_training(config: RunConfig, checkpoint: dict[str, Any] | None = None, ru
         "train_seconds": round(state.elapsed, 2), "finished": trainer.finished,
     }
     if not trainer.finished:
-        write_json(metrics, run_dir / "metrics.json")
-        return run_dir, metrics
+        if is_main():
+            write_json(metrics, run_dir / "metrics.json")
+        return run_dir, metrics, trainer, aug_cfg
     trainer.export_backbone()
     log(f"trained {state.global_step} steps in {time.perf_counter() - t0:.1f}s this session")
-
-    if config.eval.linear:
-        metrics.update(_evaluate(config, trainer, aug_cfg, device, run_dir, log))
-    write_json(metrics, run_dir / "metrics.json")
-    log(f"metrics: {run_dir / 'metrics.json'}")
-    return run_dir, metrics
+    return run_dir, metrics, trainer, aug_cfg
 
 
 def _evaluate(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, device: torch.device,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relssl.augment import AugmentConfig, ViewAugment, to_normalized
+from relssl.distributed import all_gather_objects, all_reduce_max, is_distributed, is_main, rank, world_size
 from relssl.errors import CheckpointError, ConfigError
 from relssl.methods import EpochContext, Method
 from relssl.optim import build_optimizer, build_scheduler
@@ -23,6 +23,8 @@ from relssl.train.batches import BatchStream
 from relssl.train.checkpoint import save_backbone_safetensors, save_checkpoint
 from relssl.train.config import RunConfig
 from relssl.train.logger import StepLog
+from relssl.train.parallel import augment_seed, convert_sync_batchnorm, wrap_ddp
+from relssl.train.signals import StopRequest
 
 
 @dataclass
@@ -43,32 +45,14 @@ def autocast_dtype(config: RunConfig, device: torch.device) -> torch.dtype | Non
     return torch.float16 if amp == "fp16" else torch.bfloat16
 
 
-class _StopFlag:
-    """First Ctrl-C asks the loop to stop at the next step boundary and checkpoint; a second one aborts."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _StopFlag:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 class Trainer:
-    """Owns the optimisation of one method on one dataset; checkpoints and resumes exactly."""
+    """Owns the optimisation of one method on one dataset; checkpoints and resumes exactly.
+
+    With several processes (a torchrun launch, process group already joined) each rank trains on
+    its slice of the global batch under DistributedDataParallel; every rank computes the same
+    schedule, only rank 0 writes the log and checkpoints, and a stop (Ctrl-C, SIGTERM) is agreed
+    on by all ranks at the next log flush.
+    """
 
     def __init__(
         self,
@@ -91,14 +75,18 @@ class Trainer:
         self.method = method.to(device)
         if self.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
+        if config.backbone.sync_bn:
+            self.method = convert_sync_batchnorm(self.method, device)
+        self.model = wrap_ddp(self.method, device)  # what a step calls; the method itself without DDP
         self.optimizer = build_optimizer(config.optim, self.method)
         self.amp_dtype = autocast_dtype(config, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.augment_config = augment_config
         self.normalization = augment_config.normalization()
         self.augment = ViewAugment(augment_config).to(device)
-        self.aug_generator = torch.Generator(device=device).manual_seed(config.seed)
-        self.stream = BatchStream(images, labels, config.train.batch_size, seed=config.seed, device=device)
+        self.aug_generator = torch.Generator(device=device).manual_seed(augment_seed(config.seed))
+        self.stream = BatchStream(images, labels, config.train.batch_size, seed=config.seed, device=device,
+                                  rank=rank(), world_size=world_size())
         if self.stream.steps_per_epoch < 1:
             raise ConfigError("no full batch fits in the training split; lower --batch-size")
         self.state = TrainState()
@@ -122,6 +110,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "aug_generator": self.aug_generator.get_state(),
+            "aug_generators": all_gather_objects(self.aug_generator.get_state()),  # one per rank
             "train_state": vars(self.state).copy(),
             "normalization": {"mean": list(self.normalization[0]), "std": list(self.normalization[1])},
         }
@@ -135,16 +124,22 @@ class Trainer:
         if "scheduler" in ckpt:  # checkpoints from before schedules existed ran a constant lr
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.aug_generator.set_state(ckpt["aug_generator"])
         self.state = TrainState(**ckpt["train_state"])
+        per_rank = ckpt.get("aug_generators") or [ckpt["aug_generator"]]
+        if len(per_rank) == world_size():
+            self.aug_generator.set_state(per_rank[rank()])
+        else:  # another number of processes: the same batches, fresh augmentation draws per rank
+            self.aug_generator.manual_seed(augment_seed(self.config.seed) + 7919 * self.state.global_step)
 
     def save(self, periodic: bool = False) -> Path:
-        """Write last.pt atomically (and an epoch-numbered copy when asked)."""
+        """Write last.pt atomically (and an epoch-numbered copy when asked); every rank calls it, rank 0 writes."""
         state = self.state_dict()
         out = self._output_dir()
-        path = save_checkpoint(state, out / "last.pt")
-        if periodic and self.config.train.keep_periodic:
-            save_checkpoint(state, out / f"epoch{self.state.epoch:04d}.pt")
+        path = out / "last.pt"
+        if is_main():
+            save_checkpoint(state, path)
+            if periodic and self.config.train.keep_periodic:
+                save_checkpoint(state, out / f"epoch{self.state.epoch:04d}.pt")
         return path
 
     # ----------------------------------------------------------------- training
@@ -166,7 +161,7 @@ class Trainer:
             else contextlib.nullcontext()
         )
         with autocast:
-            out = self.method.training_step(views, labels, indices)
+            out = self.model(views, labels, indices)  # Method.forward is its training_step
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         self.scaler.step(self.optimizer)
@@ -175,21 +170,29 @@ class Trainer:
         self.method.on_step_end(self.state.global_step + 1, self.total_steps)
         return {"loss": out.loss.detach(), **out.metrics}
 
+    def _stop_agreed(self, stop: StopRequest, sync_point: bool) -> bool:
+        """Whether to stop now: at once in one process; with several, only where all ranks agree (log flushes)."""
+        if not is_distributed():
+            return stop.requested
+        return all_reduce_max(stop.requested, self.device) if sync_point else False
+
     def fit(self) -> TrainState:
-        """Train until the epoch or step budget is spent, or Ctrl-C asks to stop (then checkpoint)."""
+        """Train until the epoch or step budget is spent, or a stop is requested (then checkpoint)."""
         cfg = self.config.train
         columns = ["loss", *self.method.metric_names]
-        log = StepLog(self._output_dir() / "train_log.csv", columns, append=self.state.global_step > 0)
+        log_path = self._output_dir() / "train_log.csv" if is_main() else None
+        log = StepLog(log_path, columns, append=self.state.global_step > 0)
         bar = tqdm(
             total=self.total_steps, initial=self.state.global_step, desc="train", unit="step",
-            disable=not cfg.progress, dynamic_ncols=True,
+            disable=not cfg.progress or not is_main(), dynamic_ncols=True,
             mininterval=0.2 if sys.stderr.isatty() else 15.0,  # keep logs of non-interactive runs short
         )
         self.method.train()
         started = time.perf_counter() - self.state.elapsed
+        stopping = False
         try:
-            with _StopFlag() as stop:
-                while self.state.global_step < self.total_steps and not stop.requested:
+            with StopRequest() as stop:
+                while self.state.global_step < self.total_steps and not stopping:
                     epoch = self.state.epoch
                     if self.state.step_in_epoch == 0:
                         self.method.on_epoch_start(self._epoch_context())
@@ -201,12 +204,14 @@ class Trainer:
                         self.state.elapsed = time.perf_counter() - started
                         log.add(self.state.global_step, epoch, self.state.elapsed, metrics)
                         bar.update(1)
-                        if self.state.global_step % cfg.log_every == 0:
+                        flushed = self.state.global_step % cfg.log_every == 0
+                        if flushed:
                             bar.set_postfix({k: f"{v:.4g}" for k, v in log.flush().items()})
                         if cfg.checkpoint_every_steps and self.state.global_step % cfg.checkpoint_every_steps == 0:
                             log.flush()  # never checkpoint a state whose loss was not checked
                             self.save()
-                        if self.state.global_step >= self.total_steps or stop.requested:
+                        stopping = self._stop_agreed(stop, flushed)
+                        if self.state.global_step >= self.total_steps or stopping:
                             break
                     if self.state.step_in_epoch >= self.stream.steps_per_epoch:
                         self.state.epoch += 1
@@ -214,10 +219,12 @@ class Trainer:
                         log.flush()
                         if self.state.epoch % cfg.checkpoint_every == 0:
                             self.save(periodic=True)
+                        stopping = stopping or self._stop_agreed(stop, True)
                 log.flush()
                 self.save()
-                if stop.requested:
-                    bar.write(f"stopped at step {self.state.global_step}; resume with: relssl train --resume {self.run_dir}")
+                if stopping and is_main():
+                    bar.write(f"stopped ({stop.signal_name or 'a signal on another rank'}) at step "
+                              f"{self.state.global_step}; resume with: relssl train --resume {self.run_dir}")
         finally:
             bar.close()
             log.close()
@@ -229,5 +236,8 @@ class Trainer:
         return self.state.global_step >= self.total_steps
 
     def export_backbone(self) -> Path:
-        """Write the trained backbone alone as backbone.safetensors."""
-        return save_backbone_safetensors(self.method.backbone, self._output_dir() / "backbone.safetensors")
+        """Write the trained backbone alone as backbone.safetensors (rank 0 writes)."""
+        path = self._output_dir() / "backbone.safetensors"
+        if is_main():
+            save_backbone_safetensors(self.method.backbone, path)
+        return path
