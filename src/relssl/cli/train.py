@@ -30,6 +30,7 @@ examples:
   relssl train --resume runs/RUN_DIR             # continue a stopped run (Ctrl-C stops and checkpoints)
   relssl train --set relational.aggregation=max --set optim.lr=3e-4
   relssl train --config configs/relational_cifar10_conv4.yaml --config configs/eval/linear_paper2.yaml
+  torchrun --standalone --nproc_per_node 8 -m relssl train --config FILE   # 8 GPUs (docs/DISTRIBUTED.md)
 
 Config precedence: built-in defaults < --config FILE (repeatable; later files win, section by
 section) < named options < --set key=value.
@@ -76,9 +77,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="pretraining epochs (paper: 200)")
     p.add_argument("--max-steps", type=int, help="fixed step budget; overrides --epochs")
     p.add_argument("--k", type=int, help="augmented views per image, K (relational; paper: 32)")
-    p.add_argument("--batch-size", type=int, help="images per step, M (paper: 64)")
+    p.add_argument("--batch-size", type=int, help="images per step over all processes, M: the global batch (paper: 64)")
     p.add_argument("--seed", type=int, help="seed for weights, batches and augmentation")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (under torchrun, auto/cuda: each process's GPU)")
     p.add_argument("--runs-dir", metavar="DIR", help="parent of run directories (default ./runs)")
     p.add_argument("--run-name", help="run directory name (default: time-method-dataset-backbone)")
     p.add_argument("--resume", metavar="PATH", help="run directory or checkpoint to continue")
