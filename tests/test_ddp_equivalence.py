@@ -54,6 +54,10 @@ CASES = {
     "nnclr": {"method": "nnclr", "nnclr.queue_size": 12, **{f"nnclr.{k}": v for k, v in HEADS.items()}},
     "rcl": {"method": "rcl", "rcl.queue_size": 12, "rcl.warmup_epochs": 0, "rcl.radii": [0.9, 1.2],
             "rcl.min_samples": 2, **{f"rcl.{k}": v for k, v in HEADS.items()}},
+    # plain DDP (a per-image loss), with a momentum target updated after each averaged step
+    "byol": {"method": "byol", "byol.momentum": 0.9, **{f"byol.{k}": v for k, v in HEADS.items()}},
+    # k-means on rank 0, its pseudo-labels broadcast
+    "deepcluster": {"method": "deepcluster", "deepcluster.num_clusters": 4, "deepcluster.pca_dim": 8},
 }
 ATOL, RTOL = 1e-4, 1e-4
 # The views are the images themselves: ranks draw their augmentations from their own generators, so
@@ -77,7 +81,7 @@ def _method(config: RunConfig) -> Method:
 
 def _state(method: Method) -> dict[str, torch.Tensor]:
     """What must agree: every parameter, the queue, and RCL's cluster labels."""
-    keep = ("queue.keys", "queue.indices", "level_labels")
+    keep = ("queue.keys", "queue.indices", "level_labels", "pseudo_labels")
     out = {name: p.detach().clone() for name, p in method.named_parameters()}
     out.update({name: b.clone() for name, b in method.named_buffers() if name.endswith(keep)})
     return {name.replace(".inner.", "."): value for name, value in out.items()}  # PerRankBatchNorm's layer

@@ -149,3 +149,15 @@ def test_finetune_protocol_in_a_run(tmp_path):
     metrics = _tiny_run(tmp_path, "ft", **{"eval.protocol": "finetune", "finetune.epochs": 1})
     assert "linear_top1" not in metrics
     assert 0 <= metrics["finetune_top1"] <= 100 and 0 <= metrics["random_init_finetune_top1"] <= 100
+
+
+def test_deepcluster_loss_is_the_weighted_cross_entropy_in_one_process():
+    """The loss written out for several ranks equals torch's weighted mean in a single process."""
+    method = _method("deepcluster")
+    method.cluster_weights.copy_(torch.tensor([0.5, 1.0, 2.0, 4.0]))
+    method.pseudo_labels.copy_(torch.arange(40) % 4)
+    views, indices = torch.randn(8, 3, 16, 16), torch.arange(8) * 3
+    out = method.training_step(views, torch.zeros(8, dtype=torch.long), indices)
+    logits = method.classifier(method.backbone(views)).float()  # train mode: the same batch statistics
+    expected = torch.nn.functional.cross_entropy(logits, method.pseudo_labels[indices], weight=method.cluster_weights)
+    torch.testing.assert_close(out.loss, expected)

@@ -10,7 +10,7 @@ from torch import nn
 
 from relssl.cluster.kmeans import kmeans_assign, pca_whiten_l2
 from relssl.config import Section
-from relssl.distributed import broadcast_tensor, is_main
+from relssl.distributed import all_reduce_mean, broadcast_tensor, is_main
 from relssl.errors import ConfigError
 from relssl.evaluate import extract_features
 from relssl.methods.base import EpochContext, Method, StepOutput, TrainingSet, accuracy
@@ -97,5 +97,10 @@ class DeepCluster(Method):
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         targets = self.pseudo_labels[indices]
         logits = self.classifier(self.backbone(views)).float()
-        loss = F.cross_entropy(logits, targets, weight=self.cluster_weights)
+        # The weighted mean sum(w_i l_i) / sum(w_i) over the global batch (what cross_entropy(weight=...)
+        # gives in one process): with several ranks, a per-rank weighted mean averaged by DDP would not
+        # be it, so each rank divides by the mean over ranks of the weight sums.
+        weights = self.cluster_weights[targets]
+        per_image = F.cross_entropy(logits, targets, reduction="none")
+        loss = (weights * per_image).sum() / all_reduce_mean(weights.sum())
         return StepOutput(loss=loss, metrics={"cluster_acc": accuracy(logits, targets)})
