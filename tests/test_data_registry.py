@@ -10,7 +10,7 @@ from relssl.data import DATASETS, DataError, ImageArrays, dataset_spec, dataset_
 
 def test_names_and_splits() -> None:
     assert set(DATASETS.names()) == {"digits", "cifar10", "cifar100", "cifar100-20", "stl10", "tiny-imagenet",
-                                     "slimagenet64", "imagefolder"}
+                                     "slimagenet64", "imagefolder", "imagenet"}
     assert DATASETS.names()[0] == "digits"  # the default registers first
     assert dataset_spec("stl10").pretrain_split == "unlabeled"
     assert dataset_spec("slimagenet64").eval_splits == ("train160", "test40")

@@ -7,7 +7,7 @@ traceback (exit status 1). Messages name the key, file or folder at fault and th
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "NonFiniteLossError", "RelsslError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "NonFiniteLossError", "RelsslError", "RelsslWarning"]
 
 
 class RelsslError(Exception):
@@ -28,3 +28,7 @@ class CheckpointError(RelsslError, RuntimeError):
 
 class NonFiniteLossError(RelsslError, RuntimeError):
     """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+class RelsslWarning(UserWarning):
+    """Something the user should know that does not stop the run (an unreadable image skipped, ...)."""

@@ -38,20 +38,23 @@ class ViewAugment(torch.nn.Module):
         super().__init__()
         self.config = config if config is not None else AugmentConfig()
 
-    def forward(self, images: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, images: Tensor, k: int, generator: torch.Generator | None = None,
+                cropped: bool = False) -> Tensor:
         """uint8 images (B, H, W, 3) or (B, 3, H, W) -> float (k*B, 3, size, size), view-major.
 
         Rows [v*B:(v+1)*B] are view v of all B images. With ``size=None`` the output keeps the
         input's (H, W). All randomness comes from ``generator`` (global RNG if None), so a seed
-        reproduces the views exactly on a given device.
+        reproduces the views exactly on a given device. ``cropped``: the input already holds the
+        k*B random-resized crops, view-major (the streaming reader takes them from the full-size
+        images); only flip, colour jitter, grayscale and normalisation are applied.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k (number of views) must be a positive integer, got {k!r}")
         cfg = self.config
         x = ops.as_float_nchw(images)
         b, _, height, width = x.shape
-        out_hw = (cfg.size, cfg.size) if cfg.size is not None else (height, width)
-        n = k * b
+        out_hw = (cfg.size, cfg.size) if cfg.size is not None and not cropped else (height, width)
+        n = b if cropped else k * b
         params = sample_view_params(cfg, n, height, width, x.device, generator)
         source = torch.arange(n, device=x.device) % b  # view-major: row v*B + i is view v of image i
         out = torch.empty(n, 3, *out_hw, device=x.device, dtype=x.dtype)
@@ -61,10 +64,11 @@ class ViewAugment(torch.nn.Module):
             chunk = max(1, chunk_bytes // (3 * out_hw[0] * out_hw[1] * x.element_size()))
         for start in range(0, n, chunk):
             rows = slice(start, min(n, start + chunk))
-            self._make_views(x, source[rows], params.take(rows), out_hw, out[rows])
+            self._make_views(x, source[rows], params.take(rows), out_hw, out[rows], crop=not cropped)
         return out
 
-    def _make_views(self, x: Tensor, source: Tensor, p: ViewParams, out_hw: tuple[int, int], out: Tensor) -> None:
+    def _make_views(self, x: Tensor, source: Tensor, p: ViewParams, out_hw: tuple[int, int], out: Tensor,
+                    crop: bool = True) -> None:
         """Write the views described by (``source``, ``p``) into ``out`` (rows in the same order)."""
         cfg = self.config
         jitter = cfg.jitter_p > 0 and max(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue) > 0
@@ -74,7 +78,11 @@ class ViewAugment(torch.nn.Module):
             first = torch.where(p.jitter, p.order[:, 0], torch.full_like(p.order[:, 0], 4))
             perm = torch.argsort(first, stable=True)
             p = p.take(perm)
-        views = ops.crop_resize_flip(x, source[perm], p.boxes, p.flip, out_hw)
+        if crop:
+            views = ops.crop_resize_flip(x, source[perm], p.boxes, p.flip, out_hw)
+        else:  # the crops are taken already: only the flip of the crop-and-flip op
+            views = x[source[perm]]
+            views = torch.where(p.flip[:, None, None, None], views.flip(-1), views)
         if jitter:
             views, regroup = ops.color_jitter_grouped_(views, p.factors, p.order, p.jitter)
             perm, p = perm[regroup], p.take(regroup)

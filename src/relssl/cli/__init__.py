@@ -11,11 +11,12 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 
 from relssl import __version__
 from relssl.cli import benchmark, eval, train
 from relssl.cli.plugins import load_plugins
-from relssl.errors import RelsslError
+from relssl.errors import RelsslError, RelsslWarning
 
 __all__ = ["build_parser", "main"]
 
@@ -40,8 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    """relssl's own warnings as one line; others in Python's usual form."""
+    if issubclass(category, RelsslWarning):
+        return f"relssl: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 ok, 1 an internal error (with traceback), 2 a user error (one line), 130 interrupted."""
+    warnings.formatwarning = _format_warning
     try:
         load_plugins()  # before the parser, so --help lists the plugins' parts
     except RelsslError as err:

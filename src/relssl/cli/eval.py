@@ -169,13 +169,13 @@ def run_retrieval(args: argparse.Namespace) -> int:
     print(f"top-{args.k} retrieval accuracy ({setup.description}, {len(query_labels)} {setup.test_split} queries "
           f"against {len(gallery_labels) - own} {gallery_split} images): {accuracy:.2f}%")
 
-    test, reference = setup.split("test"), setup.split(args.gallery)
-    rows = np.sort(np.random.default_rng(args.seed).choice(len(test), min(args.queries, len(test)), replace=False))
+    count = setup.data.size("test")
+    rows = np.sort(np.random.default_rng(args.seed).choice(count, min(args.queries, count), replace=False))
     neighbours = indices[rows].numpy()
     save_retrieval_grid(
-        np.asarray(test.images[rows]), np.asarray(reference.images[neighbours]), output,  # (Q, k, H, W, 3)
+        setup.data.images("test", rows), setup.data.images(args.gallery, neighbours), output,  # (Q, k, H, W, 3)
         query_labels=query_labels[rows].numpy(), neighbour_labels=gallery_labels[neighbours].numpy(),
-        class_names=test.classes,
+        class_names=setup.data.classes,
     )
     print(f"retrieval grid: {output}")
     _write_json(args.json, {"protocol": "retrieval", "dataset": setup.dataset, "backbone": setup.which,
@@ -190,7 +190,7 @@ def run_knn(args: argparse.Namespace) -> int:
     accuracy = knn_accuracy(
         setup.features("train").to(setup.device), setup.labels("train"), setup.features("test").to(setup.device),
         setup.labels("test"), k=args.k, temperature=args.temperature, weighting=args.weighting,
-        num_classes=setup.data.train.num_classes,
+        num_classes=setup.data.num_classes,
     )
     vote = f"exp weighting, T={args.temperature:g}" if args.weighting == "exp" else "majority vote"
     print(f"kNN accuracy (k={args.k}, {vote}; {setup.description}): top-1 {accuracy:.2f}%")
@@ -207,7 +207,7 @@ def run_tsne(args: argparse.Namespace) -> int:
     n = min(args.max_points, len(features))
     title = (f"t-SNE of {n} {setup.test_split} images, {setup.description} "
              f"(perplexity {min(args.perplexity, n - 1):g}, seed {args.seed})")
-    save_tsne_plot(features, setup.labels("test"), setup.split("test").classes, output,
+    save_tsne_plot(features, setup.labels("test"), setup.data.classes, output,
                    max_points=args.max_points, seed=args.seed, perplexity=args.perplexity, title=title)
     print(f"t-SNE plot: {output}")
     return 0

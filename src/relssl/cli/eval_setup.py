@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from relssl.augment import to_normalized
 from relssl.config import validate_section
-from relssl.data import ImageArrays, channel_stats
+from relssl.data import DataConfig, channel_stats
+from relssl.data.stream import stream_sample
 from relssl.distributed import resolve_device
-from relssl.errors import ConfigError
-from relssl.evaluate import EvalData, FeatureCache, eval_splits, extract_features
+from relssl.errors import ConfigError, DataError
+from relssl.evaluate import EvalData, FeatureCache, StreamedEvalData, eval_splits, open_eval_data
 from relssl.models import BackboneConfig
 from relssl.train.artifacts import load_trained_backbone
 
@@ -28,7 +26,7 @@ class EvalSetup:
     """A backbone ready to embed the labelled splits of a dataset, with where to cache and write results."""
 
     backbone: torch.nn.Module
-    data: EvalData
+    data: EvalData | StreamedEvalData
     dataset: str
     root: str | None
     train_split: str
@@ -49,28 +47,23 @@ class EvalSetup:
         data = f"{self.dataset}:{Path(self.root).name}" if self.dataset == "imagefolder" and self.root else self.dataset
         return f"{self.which} {self.backbone.__class__.__name__} on {data}"
 
-    def split(self, name: str) -> ImageArrays:
-        """The ``"train"`` or ``"test"`` ImageArrays."""
-        if name not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {name!r}")
-        return self.data.train if name == "train" else self.data.test
-
     def labels(self, name: str) -> torch.Tensor:
         """Int64 labels of the ``"train"`` or ``"test"`` split."""
-        return torch.from_numpy(np.array(self.split(name).labels, dtype=np.int64))
+        return torch.from_numpy(self.data.labels(name))
 
     def features(self, name: str) -> torch.Tensor:
         """Float32 CPU features of the ``"train"`` or ``"test"`` split, from the cache when there."""
 
         def compute() -> torch.Tensor:
-            self.backbone.to(self.device)
-            normalize = functools.partial(to_normalized, mean=self.mean, std=self.std, size=self.size)
-            return extract_features(self.backbone, self.split(name).images, normalize=normalize, device=self.device,
-                                    progress=self.progress, desc=f"features ({name})")
+            return self.data.features(self.backbone, name, mean=self.mean, std=self.std, size=self.size,
+                                      device=self.device, progress=self.progress)
 
-        if self.cache is None:
-            return compute()
-        return self.cache.get_or_compute(f"{self.cache_key}-{name}", compute)
+        features = compute() if self.cache is None else self.cache.get_or_compute(f"{self.cache_key}-{name}", compute)
+        unreadable = int((~torch.isfinite(features).all(dim=1)).sum())
+        if unreadable:  # NaN rows: streamed files that could not be read (a warning named each)
+            raise DataError(f"{unreadable} image(s) of the {name} split could not be read (named in the warnings "
+                            "above); this protocol needs every image: remove or replace them")
+        return features
 
     def default_output(self, stem: str, option: str = "--output") -> Path:
         """``<run dir>/<stem>.png`` (``<stem>-random-init.png`` for a random init); an error without a run dir."""
@@ -117,17 +110,23 @@ def load_eval_setup(args: argparse.Namespace, command: str = "eval") -> EvalSetu
         torch.manual_seed(args.seed)
         backbone = backbone_config.build()
         tag = f"random-init-seed{args.seed}"
-    data_cfg = config.get("data", {})
+    data_cfg = dict(config.get("data", {}))
     dataset = args.dataset or data_cfg.get("dataset") or "digits"
     root = args.data_root or (data_cfg.get("root") if dataset == data_cfg.get("dataset") else None)
+    if dataset != data_cfg.get("dataset"):  # another dataset than the run's: its own streaming choice
+        data_cfg = {k: v for k, v in data_cfg.items() if k in ("image_size", "workers", "strict", "eval_resize")}
+    data_cfg.update(dataset=dataset, root=root, download=not args.no_download)
     progress = not args.no_progress
     train_split, test_split = eval_splits(dataset, args.train_split, args.test_split)
-    data = EvalData.load(dataset, root, train_split=train_split, test_split=test_split,
-                         download=not args.no_download, image_size=data_cfg.get("image_size"), progress=progress)
     aug = config.get("augment", {})
+    data = open_eval_data(dataset, root, validate_section(DataConfig, data_cfg, prefix="data"),
+                          train_split=train_split, test_split=test_split, crop=aug.get("size"), progress=progress)
     mean, std = aug.get("mean"), aug.get("std")
     if mean is None or std is None:
-        mean, std = channel_stats(data.train.images, seed=args.seed)
+        if isinstance(data, StreamedEvalData):  # a seeded sample of evaluation crops
+            mean, std = channel_stats(stream_sample(data.train, data.crop, data.resize, seed=args.seed))
+        else:
+            mean, std = channel_stats(data.train.images, seed=args.seed)
     return EvalSetup(
         backbone=backbone, data=data, dataset=dataset, root=root, train_split=train_split, test_split=test_split,
         mean=tuple(mean), std=tuple(std), size=aug.get("size"), device=resolve_device(args.device),

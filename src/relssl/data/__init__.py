@@ -11,10 +11,12 @@ the imports below are what makes the built-in ones known.
 
 # isort: off
 from relssl.data import digits, cifar, stl10, tiny_imagenet, slimagenet, imagefolder  # noqa: F401  (they register)
+from relssl.data import imagenet  # noqa: F401  (registers)
 # isort: on
 from relssl.data.arrays import ImageArrays
 from relssl.data.config import DataConfig
-from relssl.data.load import load_split
+from relssl.data.listing import Listing
+from relssl.data.load import load_listing, load_split
 from relssl.data.registry import DATASETS, DatasetSpec, dataset_spec, dataset_splits, register_dataset
 from relssl.data.stats import channel_stats
 from relssl.errors import DataError
@@ -25,9 +27,11 @@ __all__ = [
     "DataError",
     "DatasetSpec",
     "ImageArrays",
+    "Listing",
     "channel_stats",
     "dataset_spec",
     "dataset_splits",
+    "load_listing",
     "load_split",
     "register_dataset",
 ]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ import numpy as np
 from relssl.data.arrays import ImageArrays
 from relssl.data.decode import decode_images
 from relssl.data.decode import image_size as read_image_size
+from relssl.data.listing import Listing
 from relssl.data.registry import register_dataset
 from relssl.data.source import Source
 from relssl.errors import DataError
@@ -82,16 +82,6 @@ def class_folders(folder: Path) -> list[str]:
 def loose_images(folder: Path) -> list[str]:
     """Image files directly inside `folder` (not in sub-folders)."""
     return [e.path for e in _sorted_entries(folder) if e.is_file() and is_image_name(e.name)]
-
-
-@dataclass(frozen=True)
-class Listing:
-    """The files of one split with their labels, before decoding."""
-
-    split: str
-    files: list[str]
-    labels: np.ndarray
-    classes: tuple[str, ...]
 
 
 def labelled_listing(split: str, folders: Sequence[Path], classes: Sequence[str]) -> Listing:
@@ -192,7 +182,12 @@ def listing_source(listing: Listing, reference: str | Path | None, *, desc: str,
     return Source(listing.split, files, build, {"classes": list(listing.classes)})
 
 
-@register_dataset("imagefolder", splits=SPLITS,
+def folder_listing(root: Path, split: str) -> Listing:
+    """The files and labels of one split of an image folder, for the streaming reader."""
+    return scan(root, split)[0]
+
+
+@register_dataset("imagefolder", splits=SPLITS, listing=folder_listing,
                   summary="a folder of images: class sub-folders with train/ + test/|val/ splits, or flat and unlabelled")
 def source(root: Path, split: str, *, download: bool = True, progress: bool = True) -> Source:
     """The Source of one split of an image folder (`download` is ignored: there is nothing to fetch)."""

@@ -9,11 +9,12 @@ import numpy as np
 
 from relssl.data import cache
 from relssl.data.arrays import ImageArrays
+from relssl.data.listing import Listing, keep_classes, read_class_list
 from relssl.data.paths import can_create_in
-from relssl.data.registry import dataset_spec
+from relssl.data.registry import DATASETS, dataset_spec
 from relssl.errors import DataError
 
-__all__ = ["load_split"]
+__all__ = ["load_listing", "load_split", "resolve_root"]
 
 
 def load_split(
@@ -41,11 +42,7 @@ def load_split(
         raise DataError(f"image_size must be a positive integer or None, got {image_size!r}")
     if dataset.load_in_memory is not None:
         return dataset.load_in_memory(split, image_size)
-    if root is None:
-        if dataset.default_root is None:
-            raise DataError(f"dataset {name!r} needs a root: the folder that holds the images (--data-root DIR, config key data.root)")
-        root = Path("data") / dataset.default_root
-    root_path = Path(root).expanduser().absolute()
+    root_path = resolve_root(name, root)
     assert dataset.source is not None  # a file dataset (DatasetSpec checks that it has one of the two)
     source = dataset.source(root_path, split, download=download, progress=progress)
     params = {"version": cache.CACHE_VERSION, "dataset": name, "split": source.split,
@@ -77,3 +74,30 @@ def load_split(
     warnings.warn(f"relssl: decode cache not written ({'; '.join(failures)}); the split will be decoded again "
                   "next time. Pass a writable cache_dir to avoid this.", stacklevel=2)
     return ImageArrays(np.ascontiguousarray(arrays.images), arrays.labels, arrays.classes)
+
+
+def resolve_root(name: str, root: str | Path | None) -> Path:
+    """The absolute folder of dataset `name`: `root`, else ./data/<its default root> (a DataError if it has none)."""
+    if root is None:
+        default = dataset_spec(name).default_root
+        if default is None:
+            raise DataError(f"dataset {name!r} needs a root: the folder that holds the images "
+                            "(--data-root DIR, config key data.root)")
+        root = Path("data") / default
+    return Path(root).expanduser().absolute()
+
+
+def load_listing(name: str, split: str, root: str | Path | None = None, *, class_list: str | None = None) -> Listing:
+    """The image files and labels of one split, for the streaming reader (no decoding).
+
+    `class_list` keeps the classes a file names (one per line), relabelled in its order.
+    """
+    dataset = dataset_spec(name)
+    if dataset.listing is None:
+        streamable = ", ".join(d.name for d in DATASETS if d.listing is not None)
+        raise DataError(f"dataset {name!r} is not a folder of image files, so it cannot stream; "
+                        f"drop data.stream (streamable: {streamable})")
+    if split not in dataset.splits:
+        raise DataError(f"unknown split {split!r} of {name}; choose from {', '.join(dataset.splits)}")
+    listing = dataset.listing(resolve_root(name, root), split)
+    return keep_classes(listing, read_class_list(class_list)) if class_list else listing

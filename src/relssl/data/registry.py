@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from relssl.data.arrays import ImageArrays
+from relssl.data.listing import Listing
 from relssl.data.source import Source
 from relssl.errors import DataError
 from relssl.registry import Registry
 
-__all__ = ["DATASETS", "DatasetSpec", "SourceFactory", "dataset_spec", "dataset_splits", "register_dataset"]
+__all__ = ["DATASETS", "DatasetSpec", "ListingFactory", "SourceFactory", "dataset_spec", "dataset_splits", "register_dataset"]
 
 
 class SourceFactory(Protocol):
@@ -32,6 +33,12 @@ class SourceFactory(Protocol):
 InMemoryLoader = Callable[[str, "int | None"], ImageArrays]  # (split, image_size) -> the split
 
 
+class ListingFactory(Protocol):
+    """The image files of one split under `root` with their labels, for the streaming reader (no decoding)."""
+
+    def __call__(self, root: Path, split: str) -> Listing: ...
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A registered dataset and its quirks.
@@ -39,7 +46,8 @@ class DatasetSpec:
     `pretrain_split` is what `relssl train` pretrains on by default (STL-10: its unlabelled split);
     `eval_splits` the labelled (train, test) pair the evaluation protocols use by default.
     `default_root` is the folder under ./data when no root is given; None with a `source` means
-    a root is required (imagefolder).
+    a root is required (imagefolder). `listing`, for datasets of image files, lists a split's
+    files and labels so the streaming reader can decode them batch by batch instead of caching.
     """
 
     name: str
@@ -50,6 +58,7 @@ class DatasetSpec:
     pretrain_split: str = "train"
     eval_splits: tuple[str, str] = ("train", "test")
     summary: str = ""
+    listing: ListingFactory | None = None
 
     def __post_init__(self) -> None:
         if (self.source is None) == (self.load_in_memory is None):
@@ -76,16 +85,20 @@ def register_dataset(
     pretrain_split: str = "train",
     eval_splits: tuple[str, str] = ("train", "test"),
     summary: str = "",
+    listing: ListingFactory | None = None,
     replace: bool = False,
 ) -> Callable[[Any], Any]:
-    """Decorator registering a dataset's source factory (or, with `in_memory`, its split loader)."""
+    """Decorator registering a dataset's source factory (or, with `in_memory`, its split loader).
+
+    `listing` makes a file dataset streamable (`data.stream`): see relssl.data.stream.
+    """
 
     def decorate(fn: Any) -> Any:
         doc = summary or (fn.__doc__ or "").strip().split("\n")[0]
         DATASETS.add(DatasetSpec(
             name=name, splits=tuple(splits), source=None if in_memory else fn,
             load_in_memory=fn if in_memory else None, default_root=default_root,
-            pretrain_split=pretrain_split, eval_splits=eval_splits, summary=doc,
+            pretrain_split=pretrain_split, eval_splits=eval_splits, summary=doc, listing=listing,
         ), replace=replace)
         return fn
 

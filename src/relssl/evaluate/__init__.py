@@ -6,7 +6,7 @@ linear probe and its config, the protocols a run ends with (`evaluate_backbones`
 
 from relssl.evaluate.cache import FeatureCache
 from relssl.evaluate.config import EvalConfig, FinetuneConfig, LinearEvalConfig
-from relssl.evaluate.data import EvalData, eval_splits
+from relssl.evaluate.data import EvalData, StreamedEvalData, eval_splits, open_eval_data
 from relssl.evaluate.features import extract_features
 from relssl.evaluate.finetune import finetune
 from relssl.evaluate.linear import LinearEvalResult, linear_evaluation
@@ -18,6 +18,7 @@ __all__ = [
     "EvalConfig",
     "EvalContext",
     "EvalData",
+    "StreamedEvalData",
     "FeatureCache",
     "FinetuneConfig",
     "LinearEvalConfig",
@@ -29,6 +30,7 @@ __all__ = [
     "extract_features",
     "finetune",
     "linear_evaluation",
+    "open_eval_data",
     "topk_accuracy",
     "topk_correct",
 ]

@@ -38,6 +38,7 @@ class LinearEvalResult:
     epochs: int
     num_classes: int
     feature_dim: int
+    unreadable: int = 0  # images left out because their files could not be read (streamed data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python dict, ready for JSON or YAML."""

@@ -8,7 +8,6 @@ protocol is one function in `PROTOCOLS`.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,23 +16,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from relssl.augment import to_normalized
+from relssl.errors import ConfigError
 from relssl.evaluate.cache import FeatureCache
 from relssl.evaluate.config import EvalConfig, FinetuneConfig, LinearEvalConfig
-from relssl.evaluate.data import EvalData
-from relssl.evaluate.features import extract_features
+from relssl.evaluate.data import EvalData, StreamedEvalData
 from relssl.evaluate.finetune import finetune
 from relssl.evaluate.linear import LinearEvalResult, linear_evaluation
 from relssl.evaluate.subset import balanced_subset
 
-__all__ = ["PROTOCOLS", "EvalContext", "ScoredBackbone", "evaluate_backbones", "evaluate_linear"]
+__all__ = ["PROTOCOLS", "EvalContext", "ScoredBackbone", "evaluate_backbones", "evaluate_linear", "readable_rows"]
 
 Log = Callable[[str], None]
 
 
 def evaluate_linear(
     backbone: nn.Module,
-    data: EvalData,
+    data: EvalData | StreamedEvalData,
     *,
     mean: tuple[float, ...],
     std: tuple[float, ...],
@@ -47,25 +45,28 @@ def evaluate_linear(
     seed: int = 0,
 ) -> LinearEvalResult:
     """Extract (or reuse cached) frozen features of both splits, then fit and score a linear layer."""
-    backbone = backbone.to(device)
-    normalize = functools.partial(to_normalized, mean=mean, std=std, size=size)
     feats = {}
-    for split_name, split in (("train", data.train), ("test", data.test)):
+    for split_name in ("train", "test"):
         key = f"{cache_key}-{split_name}" if cache_key else None
         cached = cache.get(key) if cache is not None and key else None
         if cached is None:
-            cached = extract_features(
-                backbone, split.images, normalize=normalize, batch_size=feature_batch_size,
-                device=device, progress=progress, desc=f"features ({split_name})",
-            )
+            cached = data.features(backbone, split_name, mean=mean, std=std, size=size, batch_size=feature_batch_size,
+                                   device=device, progress=progress)
             if cache is not None and key:
                 cache.put(key, cached)
         feats[split_name] = cached
-    return linear_evaluation(
-        feats["train"], torch.from_numpy(np.array(data.train.labels, dtype=np.int64)),
-        feats["test"], torch.from_numpy(np.array(data.test.labels, dtype=np.int64)),
-        config, num_classes=data.train.num_classes, device=device, progress=progress, seed=seed,
-    )
+    (train_x, train_y, lost_train), (test_x, test_y, lost_test) = (
+        readable_rows(feats[name], data.labels(name)) for name in ("train", "test"))
+    result = linear_evaluation(train_x, train_y, test_x, test_y, config, num_classes=data.num_classes, device=device,
+                               progress=progress, seed=seed)
+    result.unreadable = lost_train + lost_test
+    return result
+
+
+def readable_rows(features: torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The rows of images that could be read (streamed features of unreadable files are NaN), and how many were not."""
+    keep = torch.isfinite(features).all(dim=1)
+    return features[keep], torch.from_numpy(labels)[keep], int((~keep).sum())
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class EvalContext:
 
     config: EvalConfig
     finetune: FinetuneConfig
-    data: EvalData
+    data: EvalData | StreamedEvalData
     dataset: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -115,36 +116,46 @@ def _linear(item: ScoredBackbone, ctx: EvalContext) -> dict[str, float]:
         out[f"{suffix}top1"] = result.top1
         if result.top5 is not None:
             out[f"{suffix}top5"] = result.top5
+        if result.unreadable:
+            out["unreadable_images"] = result.unreadable
         kind = "standardised" if standardize else "raw"
         ctx.log(f"linear evaluation ({kind} features), {item.who}: top-1 {result.top1:.2f}%")
     return out
 
 
+def _arrays(ctx: EvalContext) -> EvalData:
+    """The decoded splits the finetuning protocols train on (they augment whole images in memory)."""
+    if not isinstance(ctx.data, EvalData):
+        raise ConfigError(f"eval.protocol={ctx.config.protocol} finetunes on decoded images; it does not run on "
+                          "streamed data (data.stream): use eval.protocol=linear, or set data.stream=false")
+    return ctx.data
+
+
 def _semi_subset(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray]:
     """The class-balanced labelled subset of the semi-supervised protocol (paper 2, Table 2)."""
-    ev = ctx.config
-    index = balanced_subset(np.asarray(ctx.data.train.labels), ev.label_fraction, ev.subset_seed)
-    return np.asarray(ctx.data.train.images[index]), np.asarray(ctx.data.train.labels)[index]
+    ev, train = ctx.config, _arrays(ctx).train
+    index = balanced_subset(np.asarray(train.labels), ev.label_fraction, ev.subset_seed)
+    return np.asarray(train.images[index]), np.asarray(train.labels)[index]
 
 
 def _finetune_config(ctx: EvalContext) -> FinetuneConfig:
     """The finetune settings; semi shrinks the batch when its subset is smaller than one."""
     if ctx.config.protocol != "semi":
         return ctx.finetune
-    labelled = len(balanced_subset(np.asarray(ctx.data.train.labels), ctx.config.label_fraction,
-                                   ctx.config.subset_seed))
+    labelled = len(balanced_subset(ctx.data.labels("train"), ctx.config.label_fraction, ctx.config.subset_seed))
     return ctx.finetune.model_copy(update={"batch_size": min(ctx.finetune.batch_size, labelled)})
 
 
 def _finetune(item: ScoredBackbone, ctx: EvalContext) -> dict[str, float]:
     """The whole network trained on the labelled split (`semi`: on its balanced subset)."""
     protocol = ctx.config.protocol
-    images, labels = ctx.data.train.images, ctx.data.train.labels
+    data = _arrays(ctx)
+    images, labels = data.train.images, data.train.labels
     if protocol == "semi":
         images, labels = _semi_subset(ctx)
     result = finetune(
-        item.backbone, images, labels, ctx.data.test.images, ctx.data.test.labels,
-        num_classes=ctx.data.train.num_classes, mean=ctx.mean, std=ctx.std, device=ctx.device,
+        item.backbone, images, labels, data.test.images, data.test.labels,
+        num_classes=data.num_classes, mean=ctx.mean, std=ctx.std, device=ctx.device,
         config=_finetune_config(ctx), seed=ctx.seed, progress=ctx.progress, top5=True if protocol == "semi" else None,
     )
     ctx.log(f"{protocol} evaluation, {item.who}: top-1 {result['top1']:.2f}%")
@@ -164,7 +175,7 @@ def evaluate_backbones(backbones: list[ScoredBackbone], ctx: EvalContext) -> dic
     if ev.protocol == "semi":
         n = len(_semi_subset(ctx)[1])
         out.update(semi_label_fraction=ev.label_fraction, semi_labelled_images=n, semi_subset_seed=ev.subset_seed)
-        ctx.log(f"semi-supervised subset: {n} of {len(ctx.data.train)} labelled images "
+        ctx.log(f"semi-supervised subset: {n} of {ctx.data.size('train')} labelled images "
                 f"({ev.label_fraction:g} of every class, subset seed {ev.subset_seed})")
     score = PROTOCOLS[ev.protocol]
     for item in backbones:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from relssl.config import Section
+from relssl.evaluate.features import extract_features
 from relssl.models.backbone import check_backbone
 
 
@@ -27,12 +28,23 @@ class EpochContext:
     """What a method may look at when an epoch starts (DeepCluster re-clusters the whole split)."""
 
     epoch: int
-    images: np.ndarray  # the whole training split, uint8 (N, H, W, 3)
+    images: np.ndarray | None  # the whole training split, uint8 (N, H, W, 3); None when it is streamed
     normalize: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch on device -> un-augmented input
     device: torch.device
     seed: int
     optimizer: torch.optim.Optimizer
     progress: bool = False
+    # On the streaming path: (module, description) -> features of every training image, in order.
+    extract: Callable[[nn.Module, str], torch.Tensor] | None = None
+
+    def features(self, module: nn.Module, desc: str) -> torch.Tensor:
+        """Float32 CPU features of the whole training split under `module` in eval mode, un-augmented."""
+        if self.extract is not None:
+            return self.extract(module, desc)
+        if self.images is None:
+            raise ValueError("EpochContext has neither images nor an extract function")
+        return extract_features(module, self.images, normalize=self.normalize, device=self.device,
+                                progress=self.progress, desc=desc)
 
 
 @dataclass(frozen=True)

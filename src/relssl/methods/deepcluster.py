@@ -12,7 +12,6 @@ from relssl.cluster.kmeans import kmeans_assign, pca_whiten_l2
 from relssl.config import Section
 from relssl.distributed import all_reduce_mean, broadcast_tensor, is_main
 from relssl.errors import ConfigError
-from relssl.evaluate import extract_features
 from relssl.methods.base import EpochContext, Method, StepOutput, TrainingSet, accuracy
 from relssl.methods.registry import register_method
 from relssl.models import feature_dim
@@ -69,10 +68,7 @@ class DeepCluster(Method):
         """Re-cluster: rank 0 extracts features and runs k-means, every rank receives its labels."""
         seed = context.seed * 1000 + context.epoch
         if is_main():
-            features = extract_features(
-                self.backbone, context.images, normalize=context.normalize, device=context.device,
-                progress=context.progress, desc="deepcluster features",
-            )
+            features = context.features(self.backbone, "deepcluster features")
             reduced = pca_whiten_l2(features.numpy(), min(self.pca_dim, len(features)), seed=seed)
             labels, _ = kmeans_assign(reduced, self.num_clusters, seed=seed, max_iter=self.kmeans_iters)
             counts = np.bincount(labels, minlength=self.num_clusters).astype(np.float64)

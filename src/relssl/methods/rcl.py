@@ -13,7 +13,6 @@ from relssl.cluster.offline import check_radii
 from relssl.config import Section
 from relssl.distributed import broadcast_object, broadcast_tensor, gather_no_grad, is_distributed, is_main
 from relssl.errors import ConfigError
-from relssl.evaluate import extract_features
 from relssl.losses.relative import relative_contrastive_loss
 from relssl.methods.base import EpochContext, StepOutput, TrainingSet
 from relssl.methods.nnclr import nearest_in_queue
@@ -162,8 +161,7 @@ class RCL(TwoViewMethod):
         hierarchy: OnlineHierarchy | None = None
         if is_main():
             encoder = self.target.target if self.target is not None else nn.Sequential(self.backbone, self.projector)
-            keys = extract_features(encoder, context.images, normalize=context.normalize, device=context.device,
-                                    progress=context.progress, desc=f"rcl {self.criteria} clustering")
+            keys = context.features(encoder, f"rcl {self.criteria} clustering")
             keys = nn.functional.normalize(keys, dim=1)
             if self.criteria == "online":
                 hierarchy = self._new_hierarchy()

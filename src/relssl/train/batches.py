@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
+import threading
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from relssl.data.stream import epoch_batches
 from relssl.errors import ConfigError
 
 # Arrays up to this size are copied to the accelerator once, so a step only indexes device
-# memory; bigger ones stay memory-mapped on the host and are copied batch by batch.
+# memory; bigger ones stay memory-mapped on the host and are copied batch by batch. On the CPU
+# an array is copied into RAM when it takes at most half of the memory available; otherwise it
+# is read from its memory map by a background thread, PREFETCH steps ahead of the training.
 DEVICE_RESIDENT_BYTES = 4 * 1024**3
+PREFETCH = 4
 
 
 class BatchStream:
@@ -33,6 +41,7 @@ class BatchStream:
         device: torch.device | str = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        resident: bool | None = None,
     ) -> None:
         if batch_size % world_size:
             raise ConfigError(
@@ -53,8 +62,10 @@ class BatchStream:
         self.world_size = world_size
         self.device = torch.device(device)
         self.num_images = len(images)
-        resident = self.device.type == "cpu" or images.nbytes <= DEVICE_RESIDENT_BYTES
+        if resident is None:
+            resident = images.nbytes <= (DEVICE_RESIDENT_BYTES if self.device.type == "cuda" else _spare_ram() // 2)
         self._on_device = resident
+        self.cropped = False  # the trainer takes the crops (the streaming reader hands crops instead)
         if resident:
             self.images = torch.from_numpy(np.array(images, copy=True)).to(self.device)  # memmap -> owned RAM
         else:
@@ -67,21 +78,63 @@ class BatchStream:
         return self.num_images // self.batch_size
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:
-        """This rank's (steps, m) image indices for `epoch`."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.num_images, generator=gen)[: self.steps_per_epoch * self.batch_size]
-        return perm.view(self.steps_per_epoch, self.world_size, self.local_batch_size)[:, self.rank]
+        """This rank's (steps, m) image indices for `epoch` (the streaming reader draws the same)."""
+        return epoch_batches(self.num_images, self.batch_size, self.seed, epoch, self.rank, self.world_size)
 
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Batches of `epoch`, skipping the first `start_step` (for mid-epoch resume)."""
         indices = self.epoch_indices(epoch)
+        if not self._on_device:
+            yield from self._prefetched(indices[start_step:])
+            return
         for step in range(start_step, len(indices)):
-            idx = indices[step]
-            if self._on_device:
+            idx_dev = indices[step].to(self.device, non_blocking=True)
+            yield self.images[idx_dev], self.labels[idx_dev], idx_dev
+
+    def _read(self, idx: torch.Tensor) -> torch.Tensor:
+        """One batch from the memory map, in `idx` order (rows are read sorted: kinder to the disk)."""
+        order = np.argsort(idx.numpy(), kind="stable")
+        batch = np.empty((len(idx), *self.images_host.shape[1:]), dtype=np.uint8)
+        batch[order] = self.images_host[idx.numpy()[order]]
+        out = torch.from_numpy(batch)
+        return out.pin_memory() if self.device.type == "cuda" else out
+
+    def _prefetched(self, steps: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Batches read from the memory map by a background thread, PREFETCH steps ahead of training."""
+        ready: queue.Queue[torch.Tensor | BaseException | None] = queue.Queue(maxsize=PREFETCH)
+        stop = threading.Event()
+
+        def read_ahead() -> None:
+            try:
+                for idx in steps:
+                    if stop.is_set():
+                        return
+                    ready.put(self._read(idx))
+            except BaseException as err:  # a failed read reaches the training thread, not a silent thread
+                ready.put(err)
+            ready.put(None)
+
+        reader = threading.Thread(target=read_ahead, name="relssl-memmap-prefetch", daemon=True)
+        reader.start()
+        try:
+            for idx in steps:
+                batch = ready.get()
+                if isinstance(batch, BaseException):
+                    raise batch
+                assert batch is not None
                 idx_dev = idx.to(self.device, non_blocking=True)
-                yield self.images[idx_dev], self.labels[idx_dev], idx_dev
-            else:
-                order = np.sort(idx.numpy())  # sorted reads are kinder to a memory map
-                batch = torch.from_numpy(self.images_host[order]).pin_memory()
-                idx_dev = torch.from_numpy(order).to(self.device, non_blocking=True)
                 yield batch.to(self.device, non_blocking=True), self.labels[idx_dev], idx_dev
+        finally:
+            stop.set()
+            while reader.is_alive():  # unblock a reader waiting on a full queue
+                with contextlib.suppress(queue.Empty):
+                    ready.get_nowait()
+                reader.join(timeout=0.01)
+
+
+def _spare_ram() -> int:
+    """Bytes of memory this machine has available now (a large number where it cannot tell)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62

@@ -7,14 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from relssl.augment import AugmentConfig
-from relssl.data import ImageArrays, channel_stats, load_split
+from relssl.data.stream import StreamLoader
 from relssl.distributed import (
-    barrier,
+    all_gather_objects,
     broadcast_object,
     is_main,
     start_process_group,
@@ -22,13 +21,14 @@ from relssl.distributed import (
     world_size,
 )
 from relssl.errors import ConfigError
-from relssl.evaluate import EvalContext, EvalData, FeatureCache, ScoredBackbone, evaluate_backbones
+from relssl.evaluate import EvalContext, FeatureCache, ScoredBackbone, evaluate_backbones, open_eval_data
 from relssl.methods import METHODS, Method, create_method
 from relssl.train.config import RunConfig, build_config
+from relssl.train.inputs import open_training_inputs
 from relssl.train.setup import create_run_dir, seed_everything, write_config, write_json
 from relssl.train.trainer import Trainer
 
-__all__ = ["augment_config", "build_backbone", "build_method", "compare_random_enabled", "resume_config",
+__all__ = ["build_backbone", "build_method", "compare_random_enabled", "resume_config",
            "run_training"]
 
 Log = Callable[[str], None]
@@ -48,15 +48,6 @@ def build_method(config: RunConfig, backbone: nn.Module, *, num_images: int, num
     """The run's method around `backbone`, from its own config section."""
     return create_method(config.method, backbone, config.method_config, num_images=num_images,
                          num_classes=num_classes, seed=config.seed)
-
-
-def augment_config(config: RunConfig, train: ImageArrays) -> AugmentConfig:
-    """Augmentation settings, with mean/std measured on the training split unless given."""
-    aug = config.augment
-    if aug.mean is not None and aug.std is not None:
-        return aug
-    mean, std = channel_stats(train.images, seed=config.seed)
-    return aug.model_copy(update={"mean": aug.mean or mean, "std": aug.std or std})
 
 
 def resume_config(checkpoint: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
@@ -111,30 +102,25 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
     seed_everything(config.seed)
 
     data = config.data
-    split = data.pretrain_split()
-
-    def read() -> ImageArrays:
-        return load_split(data.dataset, split, data.root, download=data.download, cache_dir=data.cache_dir,
-                          image_size=data.image_size, progress=config.train.progress and is_main())
-
-    # Rank 0 downloads and decodes first; the others then read its cache instead of decoding again.
-    train = read() if is_main() else None
-    barrier()
-    train = train if train is not None else read()
-    aug_cfg = augment_config(config, train)
-    log(f"pretraining {config.method} / {config.backbone.name} on {data.dataset}:{split} "
-        f"({len(train)} images {train.images.shape[1]}x{train.images.shape[2]}) on {device}")
+    inputs = open_training_inputs(config, config.train.progress)
+    aug_cfg = inputs.augment_config(config)
+    log(f"pretraining {config.method} / {config.backbone.name} on {data.dataset}:{inputs.split} "
+        f"({inputs.describe()}) on {device}")
     processes = world_size()
     if processes > 1:
         log(f"{processes} processes: batch {config.train.batch_size} images per step in all "
             f"({config.train.batch_size // processes} per process); lr {config.optim.lr:g} as given, for that global batch")
 
-    method = build_method(config, build_backbone(config), num_images=len(train), num_classes=train.num_classes)
-    labels = method.training_labels(np.asarray(train.labels, dtype=np.int64), config.seed)
+    method = build_method(config, build_backbone(config), num_images=len(inputs), num_classes=inputs.num_classes)
+    labels = method.training_labels(inputs.labels, config.seed)
     if METHODS.get(config.method).needs_labels and (labels < 0).any():
-        raise ConfigError(f"method {config.method!r} needs labels, but the {data.dataset}:{split} split has "
+        raise ConfigError(f"method {config.method!r} needs labels, but the {data.dataset}:{inputs.split} split has "
                           "unlabelled images; pretrain on a labelled split (data.train_split)")
-    trainer = Trainer(config, method, train.images, labels, aug_cfg, device)
+    if inputs.arrays is not None:
+        trainer = Trainer(config, method, inputs.arrays.images, labels, aug_cfg, device)
+    else:
+        trainer = Trainer(config, method, None, None, aug_cfg, device,
+                          stream=inputs.loader(config, labels, method.num_views, device))
     # The run directory appears only once everything above has validated, so a bad start
     # leaves nothing behind. Rank 0 makes it and tells the others its name.
     if checkpoint is None or run_dir is None:
@@ -155,6 +141,8 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
         "seed": config.seed, "train_steps": state.global_step, "train_epochs_completed": state.epoch,
         "train_seconds": round(state.elapsed, 2), "finished": trainer.finished,
     }
+    if isinstance(trainer.stream, StreamLoader):  # unreadable images replaced this session, all ranks
+        metrics["data_skipped_images"] = sum(all_gather_objects(trainer.stream.skipped))
     if not trainer.finished:
         if is_main():
             write_json(metrics, run_dir / "metrics.json")
@@ -174,11 +162,14 @@ def _evaluate(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, devic
     ev, data = config.eval, config.data
     dataset = ev.dataset or data.dataset
     same = dataset == data.dataset
-    eval_data = EvalData.load(dataset, ev.root if ev.dataset else data.root,
-                              train_split=data.eval_train_split if same else None,
-                              test_split=data.eval_test_split if same else None,
-                              download=data.download, cache_dir=data.cache_dir, image_size=data.image_size,
-                              progress=config.train.progress)
+    root = ev.root if ev.dataset else data.root
+    # Transfer to another dataset: its own choice of streaming, the run's reader settings.
+    eval_cfg = data if same else data.model_copy(update={"dataset": dataset, "root": root, "stream": None,
+                                                         "class_list": None})
+    crop = trainer.stream.crops.size if isinstance(trainer.stream, StreamLoader) else aug_cfg.size
+    eval_data = open_eval_data(dataset, root, eval_cfg, train_split=data.eval_train_split if same else None,
+                               test_split=data.eval_test_split if same else None, crop=crop,
+                               progress=config.train.progress)
     backbones = [ScoredBackbone(trainer.method.backbone, "", f"learned-step{trainer.state.global_step}")]
     if compare_random_enabled(config):
         backbones.append(ScoredBackbone(build_backbone(config), "random_init_", "random-init"))

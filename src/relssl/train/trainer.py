@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from relssl.augment import AugmentConfig, ViewAugment, to_normalized
+from relssl.data.stream import StreamLoader, stream_features
 from relssl.distributed import all_gather_objects, all_reduce_max, is_distributed, is_main, rank, world_size
 from relssl.errors import CheckpointError, ConfigError
 from relssl.methods import EpochContext, Method
@@ -58,11 +59,13 @@ class Trainer:
         self,
         config: RunConfig,
         method: Method,
-        images: np.ndarray,
-        labels: np.ndarray,
+        images: np.ndarray | None,
+        labels: np.ndarray | None,
         augment_config: AugmentConfig,
         device: torch.device,
         run_dir: Path | None = None,
+        *,
+        stream: StreamLoader | None = None,
     ) -> None:
         self.config = config
         self.device = device
@@ -85,8 +88,15 @@ class Trainer:
         self.normalization = augment_config.normalization()
         self.augment = ViewAugment(augment_config).to(device)
         self.aug_generator = torch.Generator(device=device).manual_seed(augment_seed(config.seed))
-        self.stream = BatchStream(images, labels, config.train.batch_size, seed=config.seed, device=device,
-                                  rank=rank(), world_size=world_size())
+        # The batches: from the decoded arrays, or streamed from the image files (crops already taken).
+        self.stream: BatchStream | StreamLoader
+        if stream is not None:
+            self.stream = stream
+        elif images is not None and labels is not None:
+            self.stream = BatchStream(images, labels, config.train.batch_size, seed=config.seed, device=device,
+                                      rank=rank(), world_size=world_size())
+        else:
+            raise ValueError("Trainer needs images and labels, or a stream")
         if self.stream.steps_per_epoch < 1:
             raise ConfigError("no full batch fits in the training split; lower --batch-size")
         self.state = TrainState()
@@ -145,14 +155,24 @@ class Trainer:
     # ----------------------------------------------------------------- training
     def _epoch_context(self) -> EpochContext:
         mean, std = self.normalization
+        extract = None
+        if isinstance(self.stream, StreamLoader):
+            loader = self.stream
+            resize = self.config.data.eval_resize or round(loader.crops.size * 256 / 224)
+
+            def extract(module: torch.nn.Module, desc: str) -> torch.Tensor:
+                return stream_features(module, loader.listing, size=loader.crops.size, resize=resize,
+                                       normalize=functools.partial(to_normalized, mean=mean, std=std),
+                                       device=self.device, workers=loader.workers,
+                                       progress=self.config.train.progress, desc=desc)
         return EpochContext(
             epoch=self.state.epoch, images=self.images, device=self.device, seed=self.config.seed,
             normalize=functools.partial(to_normalized, mean=mean, std=std, size=self.augment_config.size),
-            optimizer=self.optimizer, progress=self.config.train.progress,
+            optimizer=self.optimizer, progress=self.config.train.progress, extract=extract,
         )
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        views = self.augment(images, self.k, generator=self.aug_generator)
+        views = self.augment(images, self.k, generator=self.aug_generator, cropped=self.stream.cropped)
         if self.channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
         autocast = (
