@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from relssl.data.registry import dataset_spec
 from relssl.data.workers import default_workers
 from relssl.errors import DataError, RelsslWarning
 
-__all__ = ["CropSettings", "StreamLoader", "crop_uniforms", "decode_rgb", "epoch_batches", "eval_image",
+__all__ = ["CropSettings", "StreamLoader", "make_loader", "crop_uniforms", "decode_rgb", "epoch_batches", "eval_image",
            "random_resized_crops", "stream_features", "streamed_listing"]
 
 MAX_REPLACEMENTS = 16  # unreadable images in a row before the stream gives up
@@ -166,10 +166,11 @@ def _init_worker(worker_id: int) -> None:
         np.random.seed(info.seed % 2**32)
 
 
-def _loader(dataset: _Images, keys: list[list[tuple[int, int]]], workers: int, device: torch.device,
-            prefetch: int) -> DataLoader:
+def make_loader(dataset: Dataset, keys: list[list[tuple[int, int]]], workers: int, device: torch.device,
+                prefetch: int, collate: Callable[[Any], Any] | None = None) -> DataLoader:
+    """A DataLoader over the (epoch, index) keys of each step: one batch per step, decoded in `workers` processes."""
     return DataLoader(
-        dataset, batch_sampler=keys, num_workers=workers, collate_fn=_collate,
+        dataset, batch_sampler=keys, num_workers=workers, collate_fn=collate or _collate,
         pin_memory=device.type == "cuda", worker_init_fn=_init_worker if workers else None,
         prefetch_factor=prefetch if workers else None, persistent_workers=False,
         multiprocessing_context="fork" if workers and os.name == "posix" else None,
@@ -218,7 +219,7 @@ class StreamLoader:
         """Batches of `epoch` from step `start_step` on (a resumed run starts mid-epoch)."""
         steps = epoch_batches(self.num_images, self.batch_size, self.seed, epoch, self.rank, self.world_size)
         keys = [[(epoch, int(i)) for i in step] for step in steps[start_step:]]
-        for views, labels, indices, skipped, errors in _loader(self.dataset, keys, self.workers, self.device,
+        for views, labels, indices, skipped, errors in make_loader(self.dataset, keys, self.workers, self.device,
                                                               self.prefetch):
             failed = next((e for e in errors if e), "")
             if failed:
@@ -257,7 +258,7 @@ def stream_features(backbone: torch.nn.Module, listing: Listing, *, size: int, r
     backbone.eval()
     out: torch.Tensor | None = None
     try:
-        loader = _loader(dataset, keys, default_workers() if workers is None else workers, device, 2)
+        loader = make_loader(dataset, keys, default_workers() if workers is None else workers, device, 2)
         row = 0
         for views, _, _, skipped, errors in tqdm(loader, total=len(keys), desc=desc, unit="batch",
                                                  disable=not progress):
@@ -301,5 +302,5 @@ def stream_sample(listing: Listing, size: int, resize: int, *, count: int = 512,
     rows = np.sort(np.random.default_rng(seed).choice(len(listing), min(count, len(listing)), replace=False))
     dataset = _Images(listing, CropSettings(size=size, resize=resize), seed=0, strict=False)
     keys = [[(0, int(i)) for i in rows[start : start + 64]] for start in range(0, len(rows), 64)]
-    loader = _loader(dataset, keys, default_workers() if workers is None else workers, torch.device("cpu"), 2)
+    loader = make_loader(dataset, keys, default_workers() if workers is None else workers, torch.device("cpu"), 2)
     return np.concatenate([views.numpy()[[not e for e in errors]] for views, _, _, _, errors in loader])

@@ -9,6 +9,7 @@ import torch
 
 from relssl.augment import AugmentConfig
 from relssl.data import ImageArrays, channel_stats, load_split
+from relssl.data.gpu_decode import GpuDecodeLoader
 from relssl.data.listing import Listing
 from relssl.data.stream import CropSettings, StreamLoader, stream_sample, streamed_listing
 from relssl.distributed import barrier, is_main, rank, world_size
@@ -57,9 +58,10 @@ class TrainingInputs:
         assert self.listing is not None
         aug = config.augment
         crops = CropSettings(size=self.crop, views=views, scale=aug.scale, ratio=aug.ratio)
-        return StreamLoader(self.listing, crops, config.train.batch_size, seed=config.seed, device=device,
-                            rank=rank(), world_size=world_size(), workers=config.data.workers,
-                            strict=config.data.strict, labels=labels)
+        reader = GpuDecodeLoader if config.data.decode == "gpu" else StreamLoader
+        return reader(self.listing, crops, config.train.batch_size, seed=config.seed, device=device,
+                      rank=rank(), world_size=world_size(), workers=config.data.workers,
+                      strict=config.data.strict, labels=labels)
 
 
 def eval_resize(config: RunConfig, crop: int) -> int:
@@ -76,11 +78,9 @@ def open_training_inputs(config: RunConfig, progress: bool) -> TrainingInputs:
     split = data.pretrain_split()
     listing = streamed_listing(data, data.dataset, split, data.root)
     if listing is not None:
-        if data.decode == "gpu":
-            raise ConfigError("data.decode=gpu is not supported by this build's streaming reader; use data.decode=cpu")
         crop = config.augment.size or data.image_size or 224
         return TrainingInputs(split, listing.labels, len(listing.classes), listing=listing, crop=crop)
-    if data.stream is None and data.decode == "gpu":
+    if data.decode == "gpu":
         raise ConfigError("data.decode=gpu decodes on the streaming path; add --set data.stream=true")
 
     def read() -> ImageArrays:

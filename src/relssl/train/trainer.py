@@ -161,10 +161,15 @@ class Trainer:
             resize = self.config.data.eval_resize or round(loader.crops.size * 256 / 224)
 
             def extract(module: torch.nn.Module, desc: str) -> torch.Tensor:
-                return stream_features(module, loader.listing, size=loader.crops.size, resize=resize,
-                                       normalize=functools.partial(to_normalized, mean=mean, std=std),
-                                       device=self.device, workers=loader.workers,
-                                       progress=self.config.train.progress, desc=desc)
+                features = stream_features(module, loader.listing, size=loader.crops.size, resize=resize,
+                                           normalize=functools.partial(to_normalized, mean=mean, std=std),
+                                           device=self.device, workers=loader.workers,
+                                           progress=self.config.train.progress, desc=desc)
+                # An unreadable image is never trained on (the stream replaces it); for clustering it
+                # gets the mean feature of the others, a neutral stand-in.
+                unreadable = ~torch.isfinite(features).all(dim=1)
+                features[unreadable] = features[~unreadable].mean(dim=0)
+                return features
         return EpochContext(
             epoch=self.state.epoch, images=self.images, device=self.device, seed=self.config.seed,
             normalize=functools.partial(to_normalized, mean=mean, std=std, size=self.augment_config.size),
