@@ -83,3 +83,13 @@ def test_shipped_configs_validate():
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_yaml(tmp_path / "nope.yaml")
+
+
+def test_bare_on_and_off_are_words_not_booleans(tmp_path):
+    """YAML reads on/off as true/false; train.channels_last and train.amp take them as the words they mean."""
+    args = build_parser().parse_args(["train", "--set", "train.channels_last=on", "--set", "train.amp=off"])
+    cfg = build_config({}, train_overrides(args))
+    assert (cfg.train.channels_last, cfg.train.amp) == ("on", "off")
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  channels_last: off\n")
+    assert build_config(load_yaml(f)).train.channels_last == "off"

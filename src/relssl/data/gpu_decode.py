@@ -43,14 +43,14 @@ class _RawFiles(Dataset):
     """(epoch, index) -> the bytes of one image file (workers do no decoding of JPEGs)."""
 
     def __init__(self, listing: Listing, crops: CropSettings, seed: int) -> None:
-        self.files, self.labels, self.crops, self.seed = listing.files, listing.labels, crops, seed
+        self.files, self.labels, self.crops, self.seed = np.array(listing.files), listing.labels, crops, seed
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, key: tuple[int, int]) -> _Raw:
         epoch, index = key
-        path = self.files[index]
+        path = str(self.files[index])
         uniforms = crop_uniforms(self.seed, epoch, index, self.crops.views)
         with open(path, "rb") as fh:
             raw = fh.read()

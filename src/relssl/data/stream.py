@@ -112,7 +112,9 @@ class _Images(Dataset):
     """Map-style dataset of (epoch, index) keys -> the views of one image (runs in the workers)."""
 
     def __init__(self, listing: Listing, crops: CropSettings, seed: int, strict: bool) -> None:
-        self.files, self.labels = listing.files, listing.labels
+        # A NumPy array rather than a list of 10^6 str objects: forked workers touching the objects'
+        # reference counts would copy the list's pages into every worker.
+        self.files, self.labels = np.array(listing.files), listing.labels
         self.crops, self.seed, self.strict = crops, seed, strict
 
     def __len__(self) -> int:
@@ -125,14 +127,15 @@ class _Images(Dataset):
         c, skipped = self.crops, []
         for attempt in range(MAX_REPLACEMENTS):
             i = (index + attempt) % len(self.files)
+            path = str(self.files[i])
             try:
-                image = decode_rgb(self.files[i])
+                image = decode_rgb(path)
             except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ... for bad files
-                message = f"cannot read image {self.files[i]}: {err}"
+                message = f"cannot read image {path}: {err}"
                 if self.strict or c.resize is not None:  # stop, or (evaluation) mark this row as unreadable
                     blank = np.zeros((c.views, c.size, c.size, 3), dtype=np.uint8)
-                    return _Item(blank, int(self.labels[i]), i, [self.files[i]], message)
-                skipped.append(self.files[i])
+                    return _Item(blank, int(self.labels[i]), i, [path], message)
+                skipped.append(path)
                 continue
             if c.resize is not None:
                 views = eval_image(image, c.size, c.resize)[None]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, create_model, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from relssl.augment import AugmentConfig
 from relssl.config import Section, describe_validation_error, validate_section
@@ -47,6 +47,14 @@ class TrainConfig(Section):
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # process-group backend under torchrun; auto: nccl on GPUs
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("amp", "channels_last", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: object) -> object:
+        """YAML reads a bare on / off (from a file or --set) as true / false: take them as the words."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
     runs_dir: str = "runs"
     run_name: str | None = None
     progress: bool = True
