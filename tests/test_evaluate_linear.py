@@ -207,7 +207,7 @@ def test_result_to_dict_is_json_ready(blobs) -> None:
     result = linear_evaluation(x, y, x_test, y_test, LinearEvalConfig(epochs=2), progress=True)
     data = json.loads(json.dumps(result.to_dict()))
     assert LinearEvalResult(**data) == result
-    assert set(data) == {"top1", "top5", "train_top1", "epochs", "num_classes", "feature_dim"}
+    assert set(data) == {"top1", "top5", "train_top1", "epochs", "num_classes", "feature_dim", "unreadable"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
