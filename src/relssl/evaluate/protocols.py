@@ -66,7 +66,7 @@ def evaluate_linear(
 def readable_rows(features: torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The rows of images that could be read (streamed features of unreadable files are NaN), and how many were not."""
     keep = torch.isfinite(features).all(dim=1)
-    return features[keep], torch.from_numpy(labels)[keep], int((~keep).sum())
+    return features[keep], torch.from_numpy(np.array(labels, dtype=np.int64))[keep], int((~keep).sum())
 
 
 @dataclass(frozen=True)
