@@ -15,6 +15,7 @@ from relssl.data.stream import stream_sample
 from relssl.distributed import resolve_device
 from relssl.errors import ConfigError, DataError
 from relssl.evaluate import EvalData, FeatureCache, StreamedEvalData, eval_splits, open_eval_data
+from relssl.evaluate.keys import feature_identity, feature_key
 from relssl.models import BackboneConfig
 from relssl.train.artifacts import load_trained_backbone
 
@@ -36,7 +37,7 @@ class EvalSetup:
     size: int | None
     device: torch.device
     cache: FeatureCache | None
-    cache_key: str  # per-split keys append "-train" / "-test", as evaluate_linear does
+    cache_key: str  # the readable prefix of the feature-cache keys (relssl.evaluate.keys adds the content digest)
     which: str  # "learned" or "random-init"
     run_dir: Path | None
     progress: bool
@@ -58,7 +59,11 @@ class EvalSetup:
             return self.data.features(self.backbone, name, mean=self.mean, std=self.std, size=self.size,
                                       device=self.device, progress=self.progress)
 
-        features = compute() if self.cache is None else self.cache.get_or_compute(f"{self.cache_key}-{name}", compute)
+        if self.cache is None:
+            features = compute()
+        else:  # keyed by the weights, the images and the transform, as evaluate_linear keys them
+            identity = feature_identity(self.backbone, self.data, name, mean=self.mean, std=self.std, size=self.size)
+            features = self.cache.get_or_compute(feature_key(self.cache_key, name, identity), compute, identity)
         unreadable = int((~torch.isfinite(features).all(dim=1)).sum())
         if unreadable:  # NaN rows: streamed files that could not be read (a warning named each)
             raise DataError(f"{unreadable} image(s) of the {name} split could not be read (named in the warnings "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,9 +15,11 @@ from torch import nn
 from relssl.augment import to_normalized
 from relssl.data import DataConfig, ImageArrays, dataset_spec, load_split
 from relssl.data.listing import Listing
+from relssl.data.load import resolve_root
 from relssl.data.stream import decode_rgb, eval_image, stream_features, streamed_listing
 from relssl.errors import ConfigError, DataError
 from relssl.evaluate.features import extract_features
+from relssl.evaluate.keys import array_digest
 
 __all__ = ["EvalData", "StreamedEvalData", "eval_splits", "open_eval_data"]
 
@@ -40,6 +44,7 @@ class EvalData:
 
     train: ImageArrays
     test: ImageArrays
+    origin: dict[str, Any] = field(default_factory=dict)  # dataset, absolute root, split names, image size
     streamed = False
 
     @classmethod
@@ -54,7 +59,16 @@ class EvalData:
                           image_size=image_size, progress=progress)
         for name, split in (("train", train), ("test", test)):
             _check_labelled(dataset, name, split.labels, split.num_classes)
-        return cls(train=train, test=test)
+        root_path = str(resolve_root(dataset, root)) if dataset_spec(dataset).source is not None else None
+        origin = {"dataset": dataset, "root": root_path, "train": train_split, "test": test_split,
+                  "image_size": image_size}
+        return cls(train=train, test=test, origin=origin)
+
+    def identity(self, name: str) -> dict[str, Any]:
+        """What the images of a split are: where they come from, and digests of their labels and pixels."""
+        split = self._split(name)
+        return {**self.origin, "split": name, "labels": array_digest(np.asarray(split.labels), len(split.labels)),
+                "images": array_digest(split.images)}
 
     def _split(self, name: str) -> ImageArrays:
         if name not in ("train", "test"):
@@ -98,7 +112,16 @@ class StreamedEvalData:
     crop: int  # side of the evaluation crop
     resize: int  # shorter side before the crop
     workers: int | None = None
+    dataset: str = ""
     streamed = True
+
+    def identity(self, name: str) -> dict[str, Any]:
+        """What a streamed split is: its files (paths, in order), labels and the evaluation crop."""
+        split = self._split(name)
+        files = hashlib.blake2b("\n".join(split.files).encode(), digest_size=16).hexdigest()
+        return {"dataset": self.dataset, "split": name, "listing": split.split, "files": files,
+                "labels": array_digest(np.asarray(split.labels), len(split.labels)), "crop": self.crop,
+                "resize": self.resize}
 
     def _split(self, name: str) -> Listing:
         if name not in ("train", "test"):
@@ -155,4 +178,4 @@ def open_eval_data(dataset: str, root: str | None, data: DataConfig, *, train_sp
     if side < 8:
         raise ConfigError(f"the evaluation crop must be at least 8 pixels, got {side}")
     return StreamedEvalData(listing, test, crop=side, resize=data.eval_resize or round(side * 256 / 224),
-                            workers=data.workers)
+                            workers=data.workers, dataset=dataset)

@@ -21,6 +21,7 @@ from relssl.evaluate.cache import FeatureCache
 from relssl.evaluate.config import EvalConfig, FinetuneConfig, LinearEvalConfig
 from relssl.evaluate.data import EvalData, StreamedEvalData
 from relssl.evaluate.finetune import finetune
+from relssl.evaluate.keys import feature_identity, feature_key
 from relssl.evaluate.linear import LinearEvalResult, linear_evaluation
 from relssl.evaluate.subset import balanced_subset
 
@@ -38,7 +39,7 @@ def evaluate_linear(
     config: LinearEvalConfig,
     device: torch.device,
     cache: FeatureCache | None = None,
-    cache_key: str | None = None,
+    cache_key: str | None = None,  # a readable prefix of the cache keys
     size: int | None = None,
     feature_batch_size: int = 512,
     progress: bool = True,
@@ -47,14 +48,16 @@ def evaluate_linear(
     """Extract (or reuse cached) frozen features of both splits, then fit and score a linear layer."""
     feats = {}
     for split_name in ("train", "test"):
-        key = f"{cache_key}-{split_name}" if cache_key else None
-        cached = cache.get(key) if cache is not None and key else None
-        if cached is None:
-            cached = data.features(backbone, split_name, mean=mean, std=std, size=size, batch_size=feature_batch_size,
-                                   device=device, progress=progress)
-            if cache is not None and key:
-                cache.put(key, cached)
-        feats[split_name] = cached
+        def compute(name: str = split_name) -> torch.Tensor:
+            return data.features(backbone, name, mean=mean, std=std, size=size, batch_size=feature_batch_size,
+                                 device=device, progress=progress)
+
+        if cache is None:
+            feats[split_name] = compute()
+        else:  # keyed by the weights, the images and the transform (relssl.evaluate.keys)
+            identity = feature_identity(backbone, data, split_name, mean=mean, std=std, size=size)
+            key = feature_key(cache_key or "features", split_name, identity)
+            feats[split_name] = cache.get_or_compute(key, compute, identity)
     (train_x, train_y, lost_train), (test_x, test_y, lost_test) = (
         readable_rows(feats[name], data.labels(name)) for name in ("train", "test"))
     result = linear_evaluation(train_x, train_y, test_x, test_y, config, num_classes=data.num_classes, device=device,
