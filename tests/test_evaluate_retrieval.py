@@ -97,7 +97,7 @@ def test_cli_retrieval_writes_grid_and_accuracy(digits_run, tmp_path, capsys) ->
     assert width > height > 0  # 4 rows of 11 images
     summary = json.loads(result.read_text())
     assert 10.0 < summary["retrieval_accuracy"] <= 100.0  # digits: well above the 10% of chance
-    assert any(p.name.endswith("-test.safetensors") for p in (digits_run / "features").iterdir())
+    assert any(p.name.endswith(".safetensors") and "-test-" in p.name for p in (digits_run / "features").iterdir())
 
     # The test split as its own gallery, without the query itself.
     assert main(["eval", "retrieval", "--checkpoint", str(digits_run), "--no-progress", "--gallery", "test",

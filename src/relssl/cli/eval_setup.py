@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from relssl.config import validate_section
@@ -50,7 +51,7 @@ class EvalSetup:
 
     def labels(self, name: str) -> torch.Tensor:
         """Int64 labels of the ``"train"`` or ``"test"`` split."""
-        return torch.from_numpy(self.data.labels(name))
+        return torch.from_numpy(np.array(self.data.labels(name)))  # a copy: the cache is a read-only memmap
 
     def features(self, name: str) -> torch.Tensor:
         """Float32 CPU features of the ``"train"`` or ``"test"`` split, from the cache when there."""
@@ -90,6 +91,8 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-split", help="split to score on (default: the dataset's, e.g. test40 for slimagenet64)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-download", action="store_true")
+    p.add_argument("--verify-cache", action="store_true",
+                   help="hash the whole decode cache and its source files before use")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -120,7 +123,8 @@ def load_eval_setup(args: argparse.Namespace, command: str = "eval") -> EvalSetu
     root = args.data_root or (data_cfg.get("root") if dataset == data_cfg.get("dataset") else None)
     if dataset != data_cfg.get("dataset"):  # another dataset than the run's: its own streaming choice
         data_cfg = {k: v for k, v in data_cfg.items() if k in ("image_size", "workers", "strict", "eval_resize")}
-    data_cfg.update(dataset=dataset, root=root, download=not args.no_download)
+    data_cfg.update(dataset=dataset, root=root, download=not args.no_download,
+                    verify_cache=args.verify_cache)
     progress = not args.no_progress
     train_split, test_split = eval_splits(dataset, args.train_split, args.test_split)
     aug = config.get("augment", {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from relssl.errors import ConfigError
 from relssl.methods import METHODS
 from relssl.models import BACKBONES
 from relssl.train.checkpoint import load_checkpoint
-from relssl.train.config import DEFAULT_METHOD, build_config
+from relssl.train.config import DEFAULT_METHOD, RunConfig, build_config
+from relssl.train.lock import RunDirLock
 from relssl.train.run import resume_config, run_training
 
 __all__ = ["TRAIN_OPTIONS", "add_parser", "base_config_tree", "run", "train_overrides"]
@@ -84,6 +86,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--run-name", help="run directory name (default: time-method-dataset-backbone)")
     p.add_argument("--resume", metavar="PATH", help="run directory or checkpoint to continue")
     p.add_argument("--no-download", action="store_true", help="never download; fail if files are missing")
+    p.add_argument("--verify-cache", action="store_true",
+                   help="hash the whole decode cache and its source files before use (data.verify_cache)")
     p.add_argument("--compare-random", dest="compare_random", action="store_true", default=None,
                    help="also evaluate the random-init backbone (default: on for digits only)")
     p.add_argument("--no-compare-random", dest="compare_random", action="store_false")
@@ -104,6 +108,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides[key] = value
     if args.no_download:
         overrides["data.download"] = False
+    if args.verify_cache:
+        overrides["data.verify_cache"] = True
     if args.compare_random is not None:
         overrides["eval.compare_random"] = args.compare_random
     if args.no_progress:
@@ -130,22 +136,47 @@ def base_config_tree(config_file: str | list[str] | None, overrides: dict[str, A
     return {}
 
 
+def _print_config(config: RunConfig) -> int:
+    """`--print-config`: the resolved config as YAML."""
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def _resume(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """`--resume PATH`: lock the run directory, read and check its checkpoint, continue the run.
+
+    The lock comes before the read (rank 0 of a launch; the others do not write), so a process
+    still writing the run cannot replace the checkpoint after it was read. Only a folder that
+    looks like a run directory is locked: a stray .pt elsewhere fails its checks without a trace.
+    """
+    if args.config:
+        raise ConfigError("--resume continues a run with its saved config; drop --config")
+    target = Path(args.resume)
+    run_dir = target if target.is_dir() else target.parent
+    if args.print_config:
+        return _print_config(resume_config(load_checkpoint(target), overrides))
+    is_run = (run_dir / "config.yaml").is_file() or (run_dir / "last.pt").is_file()
+    locked = RunDirLock(run_dir) if is_run and launch_from_env().rank == 0 else contextlib.nullcontext()
+    with locked:
+        checkpoint = load_checkpoint(target)
+        config = resume_config(checkpoint, overrides)
+        run_dir, metrics = run_training(config, checkpoint=checkpoint, run_dir=run_dir)
+    return _report(run_dir, metrics)
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute parsed `relssl train` arguments; 130 when Ctrl-C stopped the run after a checkpoint."""
     overrides = train_overrides(args)
     if args.resume:
-        if args.config:
-            raise ConfigError("--resume continues a run with its saved config; drop --config")
-        checkpoint = load_checkpoint(args.resume)
-        config = resume_config(checkpoint, overrides)
-        run_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
-    else:
-        checkpoint, run_dir = None, None
-        config = build_config(base_config_tree(args.config, overrides), overrides)
+        return _resume(args, overrides)
+    config = build_config(base_config_tree(args.config, overrides), overrides)
     if args.print_config:
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
-        return 0
-    run_dir, metrics = run_training(config, checkpoint=checkpoint, run_dir=run_dir)
+        return _print_config(config)
+    return _report(*run_training(config))
+
+
+def _report(run_dir: Path, metrics: dict[str, Any]) -> int:
+    """The closing lines of a run and its exit status (130: stopped by a signal after a checkpoint)."""
     if not metrics["finished"]:
         return 130  # stopped by Ctrl-C or SIGTERM after checkpointing; the message said how to resume
     if launch_from_env().rank != 0:

@@ -30,6 +30,9 @@ class DataConfig(Section):
     download: bool = True
     image_size: int | None = Field(default=None, ge=8)
     cache_dir: str | None = None
+    # Check the whole decode cache and the content of its source files on every load (see relssl.data.cache):
+    # catches a cache altered in place and a source file replaced with the same size and mtime; reads everything.
+    verify_cache: bool = False
     train_split: str | None = None  # None: the dataset's natural pretraining split (stl10: unlabeled)
     eval_train_split: str | None = None  # None: the dataset's labelled train split ("train160" for slimagenet64)
     eval_test_split: str | None = None  # None: the dataset's labelled test split ("test40" for slimagenet64)

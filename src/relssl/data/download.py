@@ -1,7 +1,10 @@
 """Fetch a dataset archive with checksum verification and unpack it safely.
 
-Downloads go to a temporary file next to the target and are renamed into place only after the
-checksum matches, so an interrupted or corrupted download never looks like a good archive.
+Downloads go to a temporary file next to the target (`.<name>.XXXXXXXX.part`) and are renamed
+into place only after the checksum matches, so an interrupted or corrupted download never looks
+like a good archive. A `.part` file of the same archive left by a killed download is removed when
+that download starts again, once it has not been written to for an hour (STALE_AFTER_S): a live
+download writes at least every minute, so two downloads of one archive may run at once safely.
 Extraction refuses members with absolute paths, `..` components, links or device files, and
 unpacks into a temporary folder that is moved into place only when complete.
 """
@@ -22,8 +25,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from relssl.data.leftovers import STALE_AFTER_S, mkstemp_pattern, remove_stale
 from relssl.data.paths import can_create_in
 from relssl.errors import DataError
+
+__all__ = ["STALE_AFTER_S", "Archive", "check_digest", "download", "ensure_extracted", "extract", "file_digest"]
 
 _BLOCK = 1 << 20
 
@@ -62,6 +68,7 @@ def check_digest(path: Path, archive: Archive) -> None:
 def download(archive: Archive, dest: Path, *, progress: bool = True) -> Path:
     """Download `archive` to `dest` (atomically, verified); on any failure nothing is left at `dest`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(dest.parent, mkstemp_pattern([f".{dest.name}."], ".part"))
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:

@@ -19,7 +19,7 @@ Files under `root` (or under `root/ILSVRC/Data/CLS-LOC`, the Kaggle download unp
 Images: the extensions imagefolder accepts (.JPEG, .jpg, .png, ... in any letter case).
 Splits: "train" and "val"; the official test split has no labels, so "test" is an alias for "val".
 The cached path (`load_split`) suits small subsets at a small `image_size`; without one, images are
-brought to the size of the first train image, as imagefolder does. Full ImageNet is meant to be streamed
+brought to the most common size of a sample of train images (see size_reference). Full ImageNet is meant to be streamed
 (`listing`).
 """
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +241,8 @@ def val_listing(root: Path, base: Path, index: dict[str, int], classes: tuple[st
     return Listing("val", files, np.asarray(labels, dtype=np.int64), classes), read
 
 
-def scan(root: Path, split: str) -> tuple[Listing, list[Path], str | None]:
-    """List `split` ("test" reads "val"); also return the labels/names files read and the size reference image."""
+def scan(root: Path, split: str) -> tuple[Listing, list[Path], list[str]]:
+    """List `split` ("test" reads "val"); also return the labels/names files read and the size reference images."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} of imagenet; choose from {', '.join(SPLITS)}")
     base = locate(root)
@@ -262,10 +262,17 @@ def scan(root: Path, split: str) -> tuple[Listing, list[Path], str | None]:
             files += found
             labels += [index[wnid]] * len(found)
         listing = Listing("train", files, np.asarray(labels, dtype=np.int64), classes)
-        return listing, read, files[0]
+        return listing, read, size_reference(base, wnids)
     listing, labels_files = val_listing(root, base, index, classes)
-    reference = next(imagefolder.iter_images(base / "train" / wnids[0]), None)
-    return listing, read + labels_files, reference
+    return listing, read + labels_files, size_reference(base, wnids)
+
+
+def size_reference(base: Path, wnids: Sequence[str]) -> list[str]:
+    """The images whose most common size sets the cached image size: the first train image of up to
+    SIZE_SAMPLE evenly spaced classes, the same for every split (so train and val agree)."""
+    count = min(len(wnids), imagefolder.SIZE_SAMPLE)
+    picked = (wnids[i * len(wnids) // count] for i in range(count))
+    return [first for wnid in picked if (first := next(imagefolder.iter_images(base / "train" / wnid), None))]
 
 
 def listing(root: Path, split: str) -> Listing:

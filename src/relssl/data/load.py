@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -12,9 +13,11 @@ from relssl.data.arrays import ImageArrays
 from relssl.data.listing import Listing, keep_classes, read_class_list
 from relssl.data.paths import can_create_in
 from relssl.data.registry import DATASETS, dataset_spec
-from relssl.errors import DataError
+from relssl.errors import DataError, RelsslWarning
 
 __all__ = ["load_listing", "load_split", "resolve_root"]
+
+_VERIFIED: set[tuple[str, str]] = set()  # (cache folder, key) fully verified by this process
 
 
 def load_split(
@@ -26,6 +29,7 @@ def load_split(
     cache_dir: str | Path | None = None,
     image_size: int | None = None,
     progress: bool = True,
+    verify: bool = False,
 ) -> ImageArrays:
     """Read one split of a dataset as uint8 images, decoding the source files only the first time.
 
@@ -34,6 +38,9 @@ def load_split(
     a DataError instead of a download. `image_size` brings every image to image_size x image_size
     (None: the dataset's native size). The decoded split is stored under `cache_dir` (default
     `<root>/.relssl_cache`, see relssl.data.cache) and memory-mapped from there on later calls.
+    `verify` (config key data.verify_cache) checks the whole cache and the content of the source
+    files against the digests recorded with it, not just the cheap default checks; a cache that
+    fails is rebuilt with a RelsslWarning. A disk too full for the cache is a DataError.
     """
     dataset = dataset_spec(name)
     if split not in dataset.splits:
@@ -57,18 +64,36 @@ def load_split(
             )
     else:
         bases = cache.default_cache_bases(root_path)
+    sources_digest = functools.cache(lambda: cache.content_digest(source.files, root_path))
     for base in bases:
-        hit = cache.load(base / folder_name, key)
+        folder = base / folder_name
+        # One full verification per cache and process: evaluation after training reads it again.
+        full_check = verify and (str(folder), key) not in _VERIFIED
+        hit = cache.load(folder, key, verify=full_check, sources_digest=sources_digest)
         if hit is not None:
+            if full_check:
+                _VERIFIED.add((str(folder), key))
             return hit
     arrays = source.build(image_size, progress)
     info = {"dataset": name, "split": source.split, "image_size": image_size, "root": str(root_path)}
-    failures = []
+    failures: list[str] = []
+    full: list[cache.NoSpaceError] = []
     for base in bases:
         try:
-            return cache.store(base / folder_name, key, arrays, info)
+            stored = cache.store(base / folder_name, key, arrays, info, sources_digest=sources_digest())
+        except cache.NoSpaceError as exc:
+            full.append(exc)
+            continue
         except OSError as exc:
             failures.append(f"{base / folder_name}: {exc}")
+            continue
+        if full:
+            free = "unknown" if full[0].free is None else full[0].free
+            warnings.warn(f"no space left to write the decode cache {full[0].folder} ({full[0].needed} bytes "
+                          f"needed, {free} free); stored in {base / folder_name} instead.", RelsslWarning, stacklevel=2)
+        return stored
+    if full:  # the disk is full: continuing in memory would only fail later (checkpoints, logs)
+        raise full[0]
     if cache_dir is not None:
         raise DataError(f"cannot write the decode cache ({'; '.join(failures)}). Pass a writable cache_dir.")
     warnings.warn(f"relssl: decode cache not written ({'; '.join(failures)}); the split will be decoded again "

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from relssl.augment.params import CROP_TRIES, sample_crop_boxes
 from relssl.data.config import STREAM_ABOVE_GIB, DataConfig
+from relssl.data.decode import to_rgb
 from relssl.data.listing import Listing
 from relssl.data.load import load_listing
 from relssl.data.registry import dataset_spec
@@ -57,10 +58,10 @@ def epoch_batches(num_images: int, batch_size: int, seed: int, epoch: int, rank:
 
 
 def decode_rgb(path: str) -> Image.Image:
-    """An image file as a loaded RGB PIL image (grayscale, palette, CMYK and RGBA converted)."""
+    """An image file as a loaded 8-bit RGB PIL image (converted as the decode cache does: see decode.to_rgb)."""
     with Image.open(path) as image:
         image.load()
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image, path)
 
 
 def crop_uniforms(seed: int, epoch: int, index: int, views: int) -> np.ndarray:

@@ -50,13 +50,13 @@ class EvalData:
     @classmethod
     def load(cls, dataset: str, root: str | None, *, train_split: str | None = None, test_split: str | None = None,
              download: bool = True, cache_dir: str | None = None, image_size: int | None = None,
-             progress: bool = True) -> EvalData:
+             progress: bool = True, verify: bool = False) -> EvalData:
         """Read both splits (the dataset's evaluation splits by default), checking that they are labelled."""
         train_split, test_split = eval_splits(dataset, train_split, test_split)
         train = load_split(dataset, train_split, root, download=download, cache_dir=cache_dir,
-                           image_size=image_size, progress=progress)
+                           image_size=image_size, progress=progress, verify=verify)
         test = load_split(dataset, test_split, root, download=download, cache_dir=cache_dir,
-                          image_size=image_size, progress=progress)
+                          image_size=image_size, progress=progress, verify=verify)
         for name, split in (("train", train), ("test", test)):
             _check_labelled(dataset, name, split.labels, split.num_classes)
         root_path = str(resolve_root(dataset, root)) if dataset_spec(dataset).source is not None else None
@@ -167,7 +167,8 @@ def open_eval_data(dataset: str, root: str | None, data: DataConfig, *, train_sp
     listing = streamed_listing(data, dataset, train_split, root)
     if listing is None:
         return EvalData.load(dataset, root, train_split=train_split, test_split=test_split, download=data.download,
-                             cache_dir=data.cache_dir, image_size=data.image_size, progress=progress)
+                             cache_dir=data.cache_dir, image_size=data.image_size, progress=progress,
+                             verify=data.verify_cache)
     test = streamed_listing(data.model_copy(update={"stream": True}), dataset, test_split, root)
     assert test is not None
     if test.classes != listing.classes:

@@ -64,7 +64,7 @@ class RunConfig(Section):
     """A whole `relssl train` run; `run_config_class(method)` adds the method's own section."""
 
     method: str = DEFAULT_METHOD
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)  # numpy's seeding takes 0 .. 2**32 - 1
     data: DataConfig = Field(default_factory=DataConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)

@@ -85,7 +85,8 @@ def open_training_inputs(config: RunConfig, progress: bool) -> TrainingInputs:
 
     def read() -> ImageArrays:
         return load_split(data.dataset, split, data.root, download=data.download, cache_dir=data.cache_dir,
-                          image_size=data.image_size, progress=progress and is_main())
+                          image_size=data.image_size, progress=progress and is_main(),
+                          verify=data.verify_cache)
 
     arrays = read() if is_main() else None
     barrier()

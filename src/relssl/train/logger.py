@@ -11,8 +11,26 @@ import torch
 
 from relssl.distributed import all_reduce_mean
 from relssl.errors import NonFiniteLossError
+from relssl.train.checkpoint import write_error, write_text
 
-__all__ = ["NonFiniteLossError", "StepLog"]
+__all__ = ["NonFiniteLossError", "StepLog", "trim_log"]
+
+
+def trim_log(path: Path, last_step: int) -> None:
+    """Keep the header and the rows of steps up to `last_step` (a resumed run writes the later ones again).
+
+    A kill after a log flush but before the next checkpoint leaves rows past the checkpoint's
+    step, and a kill mid-write a cut last line; both go. The file is rewritten atomically.
+    """
+    with path.open(newline="") as fh:  # keep the csv module's \r\n line ends as written
+        lines = fh.read().splitlines(keepends=True)
+    kept = lines[:1]
+    for line in lines[1:]:
+        step = line.split(",", 1)[0]
+        if line.endswith("\n") and step.isdigit() and int(step) <= last_step:
+            kept.append(line)
+    if len(kept) < len(lines):
+        write_text(path, "".join(kept))
 
 
 class StepLog:
@@ -24,7 +42,8 @@ class StepLog:
     a NaN on any rank stops all of them, and only the rank given a `path` (rank 0) writes.
     """
 
-    def __init__(self, path: Path | None, columns: list[str], append: bool = False) -> None:
+    def __init__(self, path: Path | None, columns: list[str], resume_step: int = 0) -> None:
+        """Start `path` afresh, or with `resume_step` > 0 keep its rows up to that step and append."""
         self.path = path
         self.columns = columns
         self._pending: list[tuple[int, int, float, dict[str, torch.Tensor]]] = []
@@ -32,12 +51,17 @@ class StepLog:
         self._fh: TextIO | None = None
         if path is None:
             return
-        fresh = not (append and path.exists())
-        self._fh = path.open("w" if fresh else "a", newline="")
-        self._writer = csv.writer(self._fh)
-        if fresh:
-            self._writer.writerow(["step", "epoch", "elapsed_s", *columns])
-            self._fh.flush()
+        fresh = not (resume_step > 0 and path.exists() and path.stat().st_size > 0)
+        try:
+            if not fresh:
+                trim_log(path, resume_step)
+            self._fh = path.open("w" if fresh else "a", newline="")
+            self._writer = csv.writer(self._fh)
+            if fresh:
+                self._writer.writerow(["step", "epoch", "elapsed_s", *columns])
+                self._fh.flush()
+        except OSError as err:
+            raise write_error(path, err) from None
 
     def add(self, step: int, epoch: int, elapsed: float, metrics: dict[str, torch.Tensor]) -> None:
         """Queue one step's detached metrics."""
@@ -55,14 +79,28 @@ class StepLog:
             if not all(math.isfinite(v) for v in vals):
                 bad = dict(zip(self.columns, vals))
                 raise NonFiniteLossError(f"non-finite value at step {step} (epoch {epoch}): {bad}")
-            if self._fh is not None:
-                self._writer.writerow([step, epoch, f"{elapsed:.3f}", *(f"{v:.6g}" for v in vals)])
-        if self._fh is not None:
-            self._fh.flush()
+            self._write_row([step, epoch, f"{elapsed:.3f}", *(f"{v:.6g}" for v in vals)])
+        self._write_row(None)
         self.last = dict(zip(self.columns, values[-1]))
         return self.last
+
+    def _write_row(self, row: list[object] | None) -> None:
+        """Write one row (None: flush the file); a refused write (a full disk) is a one-line CheckpointError."""
+        if self._fh is None or self.path is None:
+            return
+        try:
+            if row is None:
+                self._fh.flush()
+            else:
+                self._writer.writerow(row)
+        except OSError as err:
+            raise write_error(self.path, err) from None
 
     def close(self) -> None:
         """Close the file (pending rows are dropped: call flush first if they are wanted)."""
         if self._fh is not None:
-            self._fh.close()
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError as err:  # buffered rows that a full disk refused
+                raise write_error(self.path or Path("train_log.csv"), err) from None

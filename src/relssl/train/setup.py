@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import yaml
 
+from relssl.errors import ConfigError
+from relssl.train.checkpoint import write_text
 from relssl.train.config import RunConfig
 
 
@@ -23,29 +25,35 @@ def seed_everything(seed: int) -> None:
 
 
 def create_run_dir(config: RunConfig) -> Path:
-    """Make a fresh run directory under train.runs_dir and record the config there."""
+    """Make a fresh, empty run directory under train.runs_dir (`NAME-2`, `NAME-3`, ... when NAME is taken).
+
+    The directory is created exclusively, so two runs started at once never share one. A runs
+    folder that cannot be created or written is a ConfigError naming it.
+    """
     name = config.train.run_name or "{}-{}-{}-{}".format(
         time.strftime("%Y%m%d-%H%M%S"), config.method, config.data.dataset, config.backbone.name
     )
     root = Path(config.train.runs_dir)
-    run_dir = root / name
-    suffix = 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = root / f"{name}-{suffix}"
-    run_dir.mkdir(parents=True)
-    write_config(config, run_dir)
-    return run_dir
+    try:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)  # a run name may hold folders
+        for suffix in range(1, 10_000):
+            run_dir = root / (name if suffix == 1 else f"{name}-{suffix}")
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                continue
+    except OSError as err:
+        raise ConfigError(f"train.runs_dir {root}: cannot create a run directory there ({err.strerror or err}); "
+                          "pass a writable folder with --runs-dir DIR") from None
+    raise ConfigError(f"train.runs_dir {root}: every name {name}-N is taken; pass another --run-name")
 
 
 def write_config(config: RunConfig, run_dir: Path) -> None:
-    """Write the resolved config as YAML beside the run's outputs."""
-    with (run_dir / "config.yaml").open("w") as fh:
-        yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
+    """Write the resolved config as YAML beside the run's outputs (atomically)."""
+    write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:
     """Write a JSON file atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(data, indent=2) + "\n")

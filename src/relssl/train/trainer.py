@@ -21,7 +21,7 @@ from relssl.errors import CheckpointError, ConfigError
 from relssl.methods import EpochContext, Method
 from relssl.optim import build_optimizer, build_scheduler
 from relssl.train.batches import BatchStream
-from relssl.train.checkpoint import save_backbone_safetensors, save_checkpoint
+from relssl.train.checkpoint import CHECKPOINT_FORMAT, save_backbone_safetensors, save_checkpoint
 from relssl.train.config import RunConfig
 from relssl.train.logger import StepLog
 from relssl.train.parallel import augment_seed, convert_sync_batchnorm, wrap_ddp
@@ -113,7 +113,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the run bit-for-bit (tensors and plain values only)."""
         return {
-            "format": "relssl-checkpoint-v1",
+            "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -127,7 +127,7 @@ class Trainer:
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         """Restore a checkpoint written by `state_dict`."""
-        if ckpt.get("format") != "relssl-checkpoint-v1":
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError("not a relssl training checkpoint (missing format tag)")
         self.method.load_state_dict(ckpt["method"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -206,7 +206,7 @@ class Trainer:
         cfg = self.config.train
         columns = ["loss", *self.method.metric_names]
         log_path = self._output_dir() / "train_log.csv" if is_main() else None
-        log = StepLog(log_path, columns, append=self.state.global_step > 0)
+        log = StepLog(log_path, columns, resume_step=self.state.global_step)  # a resume drops rows past its step
         bar = tqdm(
             total=self.total_steps, initial=self.state.global_step, desc="train", unit="step",
             disable=not cfg.progress or not is_main(), dynamic_ncols=True,
