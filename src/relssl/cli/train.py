@@ -21,7 +21,8 @@ from relssl.models import BACKBONES
 from relssl.train.checkpoint import load_checkpoint
 from relssl.train.config import DEFAULT_METHOD, RunConfig, build_config
 from relssl.train.lock import RunDirLock
-from relssl.train.run import resume_config, run_training
+from relssl.train.resume import resume_config
+from relssl.train.run import run_training
 
 __all__ = ["TRAIN_OPTIONS", "add_parser", "base_config_tree", "run", "train_overrides"]
 

@@ -5,18 +5,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import numpy as np
 import torch
 from torch import nn
 
 from relssl.augment import AugmentConfig
-from relssl.data import DataConfig, dataset_spec, load_listing, load_split
 from relssl.data.stream import StreamLoader
-from relssl.dicts import flatten
 from relssl.distributed import (
     all_gather_objects,
     broadcast_object,
@@ -26,22 +22,20 @@ from relssl.distributed import (
     world_size,
 )
 from relssl.errors import CheckpointError, ConfigError, RelsslError
-from relssl.evaluate import EvalContext, FeatureCache, ScoredBackbone, eval_splits, evaluate_backbones, open_eval_data
+from relssl.evaluate import EvalContext, FeatureCache, ScoredBackbone, evaluate_backbones, open_eval_data
 from relssl.methods import METHODS, Method, create_method
 from relssl.train.checkpoint import remove_stale_temp_files
-from relssl.train.config import RunConfig, build_config
-from relssl.train.inputs import TrainingInputs, open_training_inputs
+from relssl.train.config import RunConfig
+from relssl.train.eval_target import check_eval_splits, eval_target
+from relssl.train.inputs import open_training_inputs
 from relssl.train.lock import RunDirLock
 from relssl.train.setup import create_run_dir, seed_everything, write_config, write_json
 from relssl.train.trainer import Trainer
 
-__all__ = ["build_backbone", "build_method", "check_eval_splits", "compare_random_enabled", "model_change",
-           "resume_config", "run_training"]
+__all__ = ["build_backbone", "build_method", "compare_random_enabled", "run_training"]
 
 Log = Callable[[str], None]
 T = TypeVar("T")
-#: Override keys that may change the trained model: refused on resume unless they keep the saved value.
-MODEL_SECTIONS = ("method", "backbone")
 
 
 def build_backbone(config: RunConfig) -> nn.Module:
@@ -58,50 +52,6 @@ def build_method(config: RunConfig, backbone: nn.Module, *, num_images: int, num
     """The run's method around `backbone`, from its own config section."""
     return create_method(config.method, backbone, config.method_config, num_images=num_images,
                          num_classes=num_classes, seed=config.seed)
-
-
-def _touches_model(key: str) -> bool:
-    """Whether the dotted override `key` sets part of the model: the method, backbone, a method's section, the optimizer."""
-    head = key.split(".", 1)[0]
-    return head in MODEL_SECTIONS or head in METHODS or key in ("optim", "optim.name")
-
-
-def model_change(saved: RunConfig, resumed: RunConfig) -> tuple[str, Any, Any] | None:
-    """The first (key, saved value, new value) where `resumed` trains another model than `saved`, else None.
-
-    The model is the method, every `backbone.*` key, every key of the method's own section, and
-    `optim.name` (another optimizer cannot continue from the saved optimizer state).
-    """
-    if saved.method != resumed.method:
-        return "method", saved.method, resumed.method
-    old, new = saved.to_dict(), resumed.to_dict()
-    for section in ("backbone", saved.method):
-        before, after = flatten(old.get(section) or {}, f"{section}."), flatten(new.get(section) or {}, f"{section}.")
-        for key in sorted(before.keys() | after.keys()):
-            if before.get(key) != after.get(key):
-                return key, before.get(key), after.get(key)
-    if saved.optim.name != resumed.optim.name:
-        return "optim.name", saved.optim.name, resumed.optim.name
-    return None
-
-
-def resume_config(checkpoint: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
-    """The config a resumed run continues with: its saved settings plus explicit overrides.
-
-    Overrides may change the schedule (train.*), evaluation (eval.*), data and device settings;
-    one that changes the model (see `model_change`) is a ConfigError naming the key. Older
-    checkpoints carry every method's section; the ones this run does not use are dropped.
-    """
-    config = build_config(checkpoint["config"], overrides, check_other_methods=False)
-    kept = {key: value for key, value in overrides.items() if not _touches_model(key)}
-    saved = build_config(checkpoint["config"], kept, check_other_methods=False)
-    change = model_change(saved, config)
-    if change is not None:
-        key, before, after = change
-        raise ConfigError(f"config key '{key}': the run was trained with {before!r}, not {after!r}; a resumed run keeps "
-                          "its model (method, backbone, the method's section, optim.name): drop the option, or start "
-                          "a new run")
-    return config
 
 
 def compare_random_enabled(config: RunConfig) -> bool:
@@ -130,71 +80,6 @@ def _on_main(job: Callable[[], T]) -> T:
     if error is not None:
         raise error
     return cast(T, result)
-
-
-@dataclass(frozen=True)
-class EvalTarget:
-    """The dataset and labelled splits `_evaluate` will read, and the config key a user sets for each split."""
-
-    dataset: str
-    root: str | None
-    data: DataConfig
-    train_split: str
-    test_split: str
-    same: bool  # evaluating on the pretraining dataset (else eval.dataset: a transfer)
-
-    def key(self, role: str) -> str:
-        """The config key that chooses the `role` ("train" or "test") split."""
-        return f"data.eval_{role}_split" if self.same else "eval.dataset"
-
-
-def eval_target(config: RunConfig) -> EvalTarget:
-    """Where the run's evaluation reads: eval.dataset (transfer) or the run's own dataset and data.eval_*_split."""
-    ev, data = config.eval, config.data
-    dataset = ev.dataset or data.dataset
-    same = dataset == data.dataset
-    root = ev.root if ev.dataset else data.root
-    # Transfer to another dataset: its own choice of streaming, the run's reader settings.
-    eval_cfg = data if same else data.model_copy(update={"dataset": dataset, "root": root, "stream": None,
-                                                         "class_list": None})
-    train_split, test_split = eval_splits(dataset, data.eval_train_split if same else None,
-                                          data.eval_test_split if same else None)
-    return EvalTarget(dataset, root, eval_cfg, train_split, test_split, same)
-
-
-def _split_labels(target: EvalTarget, split: str, inputs: TrainingInputs, progress: bool) -> tuple[np.ndarray, int]:
-    """Labels and class count of one evaluation split, read as cheaply as the dataset allows.
-
-    The pretraining split's are already in memory; a folder dataset lists its files (no decoding);
-    an in-memory one (digits) is small. Any other file dataset is read with `load_split`, the very
-    call evaluation makes: a memory-map of the decode cache when the split was read before, else
-    its one decode, moved ahead of training (evaluation then reads the cache).
-    """
-    if target.same and split == inputs.split:
-        return inputs.labels, inputs.num_classes
-    data = target.data
-    if dataset_spec(target.dataset).listing is not None:
-        listing = load_listing(target.dataset, split, target.root)
-        return np.asarray(listing.labels), len(listing.classes)
-    arrays = load_split(target.dataset, split, target.root, download=data.download, cache_dir=data.cache_dir,
-                        image_size=data.image_size, progress=progress, verify=data.verify_cache)
-    return np.asarray(arrays.labels), arrays.num_classes
-
-
-def check_eval_splits(config: RunConfig, inputs: TrainingInputs) -> None:
-    """Before training: the evaluation splits exist and are labelled, else a ConfigError naming the key."""
-    if not config.eval.linear:
-        return
-    target = eval_target(config)
-    splits = dataset_spec(target.dataset).splits
-    for role, split in (("train", target.train_split), ("test", target.test_split)):
-        if split not in splits:
-            raise ConfigError(f"config key '{target.key(role)}': dataset {target.dataset} has no split {split!r}; "
-                              f"choose from {', '.join(splits)}")
-        labels, num_classes = _split_labels(target, split, inputs, config.train.progress)
-        if num_classes == 0 or (labels < 0).any():
-            raise ConfigError(f"config key '{target.key(role)}': the {split} split of {target.dataset} has unlabelled "
-                              f"images, and evaluation needs labels; choose a labelled split (or eval.linear=false)")
 
 
 def _restore(trainer: Trainer, checkpoint: dict[str, Any], run_dir: Path) -> None:
