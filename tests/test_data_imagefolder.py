@@ -67,7 +67,7 @@ def test_grayscale_and_rgba_become_rgb(tmp_path: Path) -> None:
     assert data.images[0, 0, 0].tolist() == [77, 77, 77] and data.images[1, 0, 0].tolist() == [99, 99, 99]
 
 
-def test_mixed_sizes_follow_the_first_image(tmp_path: Path, png) -> None:
+def test_mixed_sizes_with_a_tie_follow_the_first_image(tmp_path: Path, png) -> None:
     png(tmp_path / "a.png", 10, (8, 12))  # first image: 8 high, 12 wide
     image = np.zeros((16, 48, 3), np.uint8)
     image[:, 8:40] = 200  # a bright centre between two dark 8-pixel side bands

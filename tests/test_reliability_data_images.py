@@ -65,6 +65,15 @@ def test_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data.images[0], expected)
 
 
+def test_16_bit_png_on_the_streaming_path_is_scaled_like_the_cache(tmp_path: Path) -> None:
+    from relssl.data.stream import decode_rgb
+
+    Image.fromarray(GRADIENT).save(tmp_path / "g.png")
+    streamed = np.asarray(decode_rgb(str(tmp_path / "g.png")))
+    np.testing.assert_array_equal(streamed, np.repeat((GRADIENT >> 8).astype(np.uint8)[..., None], 3, axis=-1))
+    np.testing.assert_array_equal(streamed, load(tmp_path).images[0])
+
+
 def test_16_bit_big_endian_and_32_bit_int_modes(tmp_path: Path) -> None:
     from relssl.data.decode import to_rgb
 
