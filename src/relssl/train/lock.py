@@ -1,4 +1,4 @@
-"""One writer per run directory: an exclusive lock on `RUN/.lock` while a process trains, resumes or evaluates there."""
+"""One writer per run directory: an exclusive lock on `RUN/.lock` while a process trains or resumes there."""
 
 from __future__ import annotations
 
