@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -338,7 +339,7 @@ def _write_npy(target: Path, array: np.ndarray) -> _Written:
     try:
         with open(tmp, "wb") as handle:
             _reserve(handle.fileno(), size)
-            for block in (memoryview(header), *_blocks(array)):
+            for block in itertools.chain([memoryview(header)], _blocks(array)):  # lazily: one block in memory
                 _write_block(handle, block)
                 hasher.update(block)
         return _Written(tmp, size, hasher.chunk, hasher.finish())
