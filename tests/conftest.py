@@ -5,7 +5,9 @@ Helpers come as fixtures that return the function (tests/ is not a package, so t
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -45,6 +47,21 @@ def _png(path: Path, value: int | tuple[int, int, int], size: tuple[int, int] = 
 def png() -> Callable[..., None]:
     """`png(path, value, size=(8, 8))`: writes a solid PNG of one grey value or RGB colour, creating its folders."""
     return _png
+
+
+def _leftover(folder: Path, name: str, age: float) -> Path:
+    """A file `name` in `folder` last modified `age` seconds ago, as a killed writer would leave it."""
+    path = folder / name
+    path.write_bytes(b"half-written")
+    when = time.time() - age
+    os.utime(path, (when, when))
+    return path
+
+
+@pytest.fixture
+def leftover() -> Callable[[Path, str, float], Path]:
+    """`leftover(folder, name, age)`: a half-written temporary file, `age` seconds old."""
+    return _leftover
 
 
 # On tiny inputs (k-means, t-SNE, clustering, small networks) thread start-up and contention with other jobs for a

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 import warnings
 from pathlib import Path
@@ -232,32 +231,25 @@ def test_verify_cache_config_key() -> None:
 # --- leftovers of killed writes -------------------------------------------------------------------------------
 
 
-def make_leftover(folder: Path, name: str, age: float) -> Path:
-    path = folder / name
-    path.write_bytes(b"half-written")
-    when = time.time() - age
-    os.utime(path, (when, when))
-    return path
 
-
-def test_stale_cache_temp_files_are_removed_on_the_next_load(tmp_path: Path, make_folder) -> None:
+def test_stale_cache_temp_files_are_removed_on_the_next_load(tmp_path: Path, make_folder, leftover) -> None:
     make_folder(tmp_path)
     load(tmp_path)
     folder = tmp_path / ".relssl_cache" / "imagefolder_train"
-    old = [make_leftover(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp", 2 * HOUR)
+    old = [leftover(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp", 2 * HOUR)
            for name in ("images.npy", "labels.npy", "meta.json")]
-    fresh = make_leftover(folder, ".images.npy.fresh123.tmp", 5)  # maybe another process's write in progress
-    foreign = make_leftover(folder, ".notes.tmp", 2 * HOUR)  # not a name the cache writes
+    fresh = leftover(folder, ".images.npy.fresh123.tmp", 5)  # maybe another process's write in progress
+    foreign = leftover(folder, ".notes.tmp", 2 * HOUR)  # not a name the cache writes
     load(tmp_path)
     assert not any(p.exists() for p in old) and fresh.exists() and foreign.exists()
 
 
-def test_stale_cache_temp_files_are_removed_on_the_next_store(tmp_path: Path, make_folder) -> None:
+def test_stale_cache_temp_files_are_removed_on_the_next_store(tmp_path: Path, make_folder, leftover) -> None:
     make_folder(tmp_path)
     folder = tmp_path / ".relssl_cache" / "imagefolder_train"
     folder.mkdir(parents=True)
-    old = make_leftover(folder, ".images.npy.abcd1234.tmp", 2 * HOUR)  # a write killed before any cache existed
-    fresh = make_leftover(folder, ".images.npy.efgh5678.tmp", 0)
+    old = leftover(folder, ".images.npy.abcd1234.tmp", 2 * HOUR)  # a write killed before any cache existed
+    fresh = leftover(folder, ".images.npy.efgh5678.tmp", 0)
     load(tmp_path)
     assert not old.exists() and fresh.exists()
     assert (folder / "meta.json").exists()
