@@ -38,7 +38,8 @@ class MoCoV2Config(Section):
 class MoCoV2(TwoViewMethod):
     """Query = online backbone + MLP projector; key = its EMA copy; negatives = the last `queue_size` keys.
 
-    Asymmetric as in the MoCo v2 paper (`symmetric=True` adds the swapped term, halved). The
+    Asymmetric as in the MoCo v2 paper; `symmetric=True` adds the swapped term (the mean of the two)
+    and enqueues the keys of both views, 2M per step, view 1's first (MoCo's CIFAR-10 demo). The
     projector is fc-BN-ReLU-fc (MoCo v2's MLP has no BN; ours keeps the hidden BN of our shared
     projector). Single-process runs do not shuffle BN over devices; see docs/methods/mocov2.md.
     The queue starts empty, so the first step has no negatives.
@@ -93,7 +94,9 @@ class MoCoV2(TwoViewMethod):
         k2 = self._keys(v2, indices)
         loss, acc = self._loss(q1, k2)
         if self.symmetric:
-            loss_b, acc_b = self._loss(self.project(v2), self._keys(v1, indices))
+            k1 = self._keys(v1, indices)
+            loss_b, acc_b = self._loss(self.project(v2), k1)
             loss, acc = (loss + loss_b) / 2, (acc + acc_b) / 2
+            self.queue.enqueue(k1, indices)  # both views' keys, view 1's first (MoCo's symmetric demo)
         self.queue.enqueue(k2, indices)
         return StepOutput(loss=loss, metrics={"pos_acc": acc})

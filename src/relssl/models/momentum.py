@@ -24,10 +24,13 @@ def momentum_at(base: float, progress: float, schedule: str = "cosine") -> float
 
 
 class MomentumCopy(nn.Module):
-    """A frozen copy of a module, updated as theta_t <- m theta_t + (1 - m) theta_online.
+    """A frozen copy of a module whose parameters follow theta_t <- m theta_t + (1 - m) theta_online.
 
-    Buffers (BatchNorm running statistics) are copied, not averaged, as MoCo and BYOL do.
-    The copy is a submodule of the method, so checkpoints carry it and resume continues it.
+    Only parameters are averaged. Buffers (BatchNorm running statistics, num_batches_tracked) are
+    the copy's own: they start as the online module's at construction and then move only with the
+    copy's own forward passes in train mode, as in MoCo's official code (the EMA loops over
+    `parameters()`) and BYOL's (a separate `target_state`). The copy is a submodule of the method,
+    so checkpoints carry its parameters and buffers and resume continues both.
     """
 
     def __init__(self, online: nn.Module) -> None:
@@ -41,10 +44,9 @@ class MomentumCopy(nn.Module):
 
     @torch.no_grad()
     def update(self, online: nn.Module, momentum: float) -> None:
-        """One EMA step towards `online` (same architecture)."""
+        """One EMA step of the parameters towards `online` (same architecture); buffers are left as they are."""
         target_params: list[torch.Tensor] = list(self.target.parameters())
         online_params: list[torch.Tensor] = list(online.parameters())
         if len(target_params) != len(online_params):
             raise ValueError("MomentumCopy.update: online module does not match the target's architecture")
         torch._foreach_lerp_(target_params, [p.detach() for p in online_params], 1.0 - momentum)
-        torch._foreach_copy_(list(self.target.buffers()), list(online.buffers()))
