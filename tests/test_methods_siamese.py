@@ -238,7 +238,7 @@ def test_simsiam_loss_and_stop_gradient():
     params = [p for p in method.parameters() if p.requires_grad]
     got = torch.autograd.grad(out.loss, params)
 
-    z1, z2 = method.project(views).chunk(2)
+    z1, z2 = method.project(views[:M]), method.project(views[M:])  # one forward per view, as SimSiam's code
     p1, p2 = method.predictor(z1), method.predictor(z2)
     cos = F.cosine_similarity
     stopped = -(cos(p1, z2.detach()).mean() + cos(p2, z1.detach()).mean()) / 2
@@ -260,22 +260,26 @@ def test_simsiam_gradient_reaching_z_comes_only_through_the_predictor():
     the predictor, with nothing from the z branch of the cosine."""
     method = _method("simsiam")
     views = _views(6)
-    captured = {}
+    captured, calls = {}, []
 
-    def grab_gradient(module, inputs, output):
-        output.register_hook(lambda g: captured.__setitem__("z", g.clone()))
+    def grab_gradient(module, inputs, output):  # one projector call per view: z1 first, then z2
+        slot = len(calls)
+        calls.append(slot)
+        output.register_hook(lambda g: captured.__setitem__(slot, g.clone()))
 
     handle = method.projector.register_forward_hook(grab_gradient)
     out = method.training_step(views, torch.full((M,), -1), torch.arange(M))
     out.loss.backward()
     handle.remove()
+    assert sorted(captured) == [0, 1]
 
-    z = method.project(views).detach().requires_grad_(True)
-    z1, z2 = z.chunk(2)
+    z1 = method.project(views[:M]).detach().requires_grad_(True)
+    z2 = method.project(views[M:]).detach().requires_grad_(True)
     p1, p2 = method.predictor(z1), method.predictor(z2)
     via_predictor = -(F.cosine_similarity(p1, z2.detach()).mean() + F.cosine_similarity(p2, z1.detach()).mean()) / 2
-    (expected,) = torch.autograd.grad(via_predictor, z)
-    assert torch.allclose(captured["z"], expected, rtol=1e-4, atol=1e-8)
+    expected = torch.autograd.grad(via_predictor, [z1, z2])
+    for slot in (0, 1):
+        assert torch.allclose(captured[slot], expected[slot], rtol=1e-4, atol=1e-8)
 
 
 def test_nnclr_default_loss_uses_the_nearest_neighbour_as_in_batch_positive():

@@ -133,16 +133,33 @@ def focal_bce(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0) -
     (so gamma = 0 gives plain BCE scaled by 1/2). The weight is part of the graph, as in
     the focal loss. Log-probabilities come from `logsigmoid`, which stays finite for large logits.
     """
+    logits, targets = _checked_pairs(logits, targets, gamma)
+    if gamma == 0:
+        bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        return 0.5 * bce.mean()
+    return _focal_terms(logits, targets, gamma).mean()
+
+
+def focal_bce_terms(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Per-pair focal terms -w_i [t_i log y_i + (1 - t_i) log(1 - y_i)] of Eq. 7-8 (float32, flat)."""
+    return _focal_terms(*_checked_pairs(logits, targets, gamma), gamma)
+
+
+def _checked_pairs(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat float32 logits and targets of equal size; a ValueError for a negative gamma or a size mismatch."""
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0; got {gamma}")
     logits = logits.reshape(-1).float()
     targets = targets.reshape(-1).to(logits.dtype)
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in size")
+    return logits, targets
+
+
+def _focal_terms(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The focal weight times the binary cross-entropy, per pair."""
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    if gamma == 0:
-        return 0.5 * bce.mean()
     y = torch.sigmoid(logits)
     miss = (1.0 - targets) * y + targets * (1.0 - y)  # probability given to the wrong class
     weight = 0.5 * miss.pow(gamma)
-    return (weight * bce).mean()
+    return weight * bce

@@ -14,6 +14,7 @@ from relssl.distributed import gather_no_grad, gather_with_grad, world_size
 from relssl.errors import ConfigError
 from relssl.evaluate.subset import balanced_subset
 from relssl.losses import AGGREGATIONS, focal_bce, relational_pairs
+from relssl.losses.relational_semi import semi_supervised_pairs, weighted_focal_bce
 from relssl.methods.base import Method, StepOutput
 from relssl.methods.registry import register_method
 from relssl.models import ProjectionMLP, RelationHead, feature_dim
@@ -31,6 +32,14 @@ class RelationalConfig(Section):
     # Semi-supervised option: share of training images (class-balanced, seeded by the run's seed)
     # whose labels are used to form extra positives (same class). 0 is the paper's unsupervised method.
     labelled_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    # How labels make positives: "explicit" pairs every labelled image's views with the views of the
+    # batch's other labelled images of its class (docs/methods/relational.md); "flip" only turns a
+    # scheduled negative whose two images share a labelled class into a positive (the rule before issue 12).
+    label_positives: Literal["explicit", "flip"] = "explicit"
+    # With explicit positives, positives and negatives keep equal total loss weight: "weight" keeps
+    # one negative per anchor and augmentation pair and down-weights each positive; "negatives" adds
+    # one more negative per label positive (same anchor and augmentation pair), so all pairs weigh alike.
+    label_balance: Literal["weight", "negatives"] = "weight"
     # With several processes: "local" builds pairs among each rank's own images (as the reference
     # code would per GPU; pairs grow as K^2 * M / ranks); "global" gathers every rank's features and
     # builds the pairs of the whole batch on every rank, the same as one process with the global batch.
@@ -50,6 +59,12 @@ class RelationalConfig(Section):
                              "aggregation 'cat'")
         return self
 
+    @model_validator(mode="after")
+    def _balance_needs_explicit(self) -> RelationalConfig:
+        if "label_balance" in self.model_fields_set and self.label_positives != "explicit":
+            raise ValueError("relational.label_balance applies to label_positives 'explicit' only")
+        return self
+
 
 @register_method("relational", config=RelationalConfig)
 class RelationalReasoning(Method):
@@ -57,6 +72,8 @@ class RelationalReasoning(Method):
 
     The backbone embeds K views of M images; `relational_pairs` builds M*K(K-1) aggregated
     pairs (half positive) and the head's logits are scored with the focal loss of Eq. 7-8.
+    With labels (`labelled_fraction` > 0) `semi_supervised_pairs` adds every same-class pair of
+    labelled images as a positive and weights the loss so positives and negatives weigh alike.
     Head ablations (paper Appendix B.8): `mlp` is the relation module; `dot` removes it and
     scores a pair by the dot product of its two representations; `encoder` first maps each
     representation through an MLP encoder (as SimCLR's projector) and then takes the dot product.
@@ -73,6 +90,7 @@ class RelationalReasoning(Method):
         self.gamma = config.gamma
         self.head_kind = config.head
         self.use_labels = config.labelled_fraction > 0
+        self.explicit_positives = config.label_positives == "explicit"
         self.global_pairs = config.pairs == "global"
         if config.head == "mlp":
             self.head = RelationHead(2 * dim if config.aggregation == "cat" else dim, hidden=config.head_hidden)
@@ -105,21 +123,35 @@ class RelationalReasoning(Method):
 
     def pair_logits(self, z: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Relation scores (logits) and targets of every pair built from the K*M features `z`."""
+        logits, targets, _ = self.weighted_pair_logits(z, labels)
+        return logits, targets
+
+    def weighted_pair_logits(self, z: torch.Tensor, labels: torch.Tensor | None) -> tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Logits, targets and loss weights of every pair (weights None: a plain mean, the unsupervised case)."""
         if self.head_kind == "encoder":
             z = self.encoder(z)
-        pairs, targets = relational_pairs(z, self.num_views, self.aggregation, labels=labels)
+        weights = None
+        if labels is not None and self.explicit_positives:
+            pairs, targets, weights = semi_supervised_pairs(z, self.num_views, labels, self.aggregation,
+                                                            self.config.label_balance)
+        else:
+            pairs, targets = relational_pairs(z, self.num_views, self.aggregation, labels=labels)
         if self.head_kind == "mlp":
-            return self.head(pairs), targets
+            return self.head(pairs), targets, weights
         left, right = pairs.chunk(2, dim=1)
-        return (left * right).sum(dim=1), targets
+        return (left * right).sum(dim=1), targets, weights
 
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
         z = self.backbone(views)
         if self.global_pairs and world_size() > 1:
             z, labels = self._global_batch(z, labels)
-        logits, targets = self.pair_logits(z, labels if self.use_labels else None)
+        logits, targets, weights = self.weighted_pair_logits(z, labels if self.use_labels else None)
         logits = logits.float()
-        loss = focal_bce(logits, targets, gamma=self.gamma)
+        if weights is None:
+            loss = focal_bce(logits, targets, gamma=self.gamma)
+        else:
+            loss = weighted_focal_bce(logits, targets, weights, gamma=self.gamma)
         with torch.no_grad():
             pair_acc = ((logits > 0).to(targets.dtype) == targets).float().mean() * 100.0
         return StepOutput(loss=loss, metrics={"pair_acc": pair_acc})

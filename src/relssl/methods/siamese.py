@@ -41,7 +41,9 @@ class TwoViewMethod(Method):
     """Backbone + projector (+ predictor); optionally a momentum (EMA) copy of backbone + projector.
 
     Projector: (fc-BN-ReLU) per hidden width, then fc-BN when `projector_last_bn` (paper 2:
-    [2048, 2048, d], d = 256). Predictor: fc-BN-ReLU-fc, [predictor_hidden, d] (paper 2: 4096).
+    [2048, 2048, d], d = 256). Predictor: fc-BN-ReLU-fc, [predictor_hidden, d] (paper 2: 4096),
+    plus a final BN when `predictor_last_bn` (MoCo v3). `last_bn_affine=False` drops the learnable
+    scale and shift of those final BNs (SimSiam's and MoCo v3's official heads).
     With `momentum` set, `keys()` runs the EMA copy, updated after every optimizer step with
     the coefficient `momentum_at(momentum, step / total_steps, momentum_schedule)`.
     """
@@ -55,12 +57,17 @@ class TwoViewMethod(Method):
         momentum: float | None = None,
         momentum_schedule: str = "cosine",
         projector_last_bn: bool = True,
+        *,
+        predictor_last_bn: bool = False,
+        last_bn_affine: bool = True,
     ) -> None:
         super().__init__(backbone, num_views=2)
         self.projector = ProjectionMLP(feature_dim(backbone), list(projector_hidden), projector_dim,
-                                       last_bn=projector_last_bn)
+                                       last_bn=projector_last_bn, last_bn_affine=last_bn_affine)
         self.predictor = (
-            ProjectionMLP(projector_dim, [predictor_hidden], projector_dim) if predictor_hidden else None
+            ProjectionMLP(projector_dim, [predictor_hidden], projector_dim, last_bn=predictor_last_bn,
+                          last_bn_affine=last_bn_affine)
+            if predictor_hidden else None
         )
         self.momentum = momentum
         self.momentum_schedule = momentum_schedule
@@ -69,6 +76,11 @@ class TwoViewMethod(Method):
     def project(self, views: torch.Tensor) -> torch.Tensor:
         """Online projections z of a batch of views."""
         return self.projector(self.backbone(views))
+
+    def project_each(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Online projections (z1, z2) of the two stacked views, one forward pass per view (BN statistics per view)."""
+        v1, v2 = views.chunk(2)
+        return self.project(v1), self.project(v2)
 
     @torch.no_grad()
     def keys(self, views: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,8 @@ class ProjectionMLP(nn.Sequential):
 
     Covers SimCLR's projector (Chen et al. 2020), MoCo v3 / RCL's [2048, 2048, 256] projector
     (fc-BN-ReLU, fc-BN-ReLU, fc-BN, Tang et al. 2022) and their predictors. Linears followed by BN
-    have no bias (BN's shift makes it redundant); ``last_bn_affine=False`` gives MoCo v3's final BN.
+    have no bias (BN's shift makes it redundant); ``last_bn_affine=False`` gives the final BN of MoCo v3's
+    and SimSiam's official heads (no learnable scale or shift; the hidden BNs keep theirs).
     """
 
     def __init__(
