@@ -14,9 +14,15 @@ from relssl.methods.siamese import MomentumConfig, TwoViewMethod
 
 
 class MoCoV3Config(MomentumConfig):
-    """MoCo v3 baseline (Chen, Xie & He, 2021); tau 0.2 (the MoCo v3 paper uses 1.0 for its ResNet-50)."""
+    """MoCo v3 baseline (Chen, Xie & He, 2021); tau 0.2 (the MoCo v3 paper uses 1.0 for its ResNet-50).
+
+    As in the official code, the projector and the predictor each end in fc-BN where the BN has no
+    affine parameters (`predictor_last_bn`, `last_bn_affine`; the RCL paper's predictor ends in fc).
+    """
 
     temperature: float = Field(default=0.2, gt=0)
+    predictor_last_bn: bool = True
+    last_bn_affine: bool = False
 
 
 @register_method("mocov3", config=MoCoV3Config)
@@ -25,7 +31,9 @@ class MoCoV3(TwoViewMethod):
     """q = predictor(projector(backbone(v))); keys from the EMA copy of backbone + projector, gathered over ranks.
 
     L = 2 tau (ctr(q1, k2) + ctr(q2, k1)), ctr the in-batch InfoNCE (`cross_view_nce`); the 2 tau
-    factor on each term is the MoCo v3 paper's, so the gradient scale does not depend on tau.
+    factor on each term is the MoCo v3 paper's, so the gradient scale does not depend on tau. The
+    terms are summed, not averaged, as in the official code. Each view has its own forward pass
+    (BatchNorm statistics per view), on the query and on the key branch.
     """
 
     metric_names = ("pos_acc",)
@@ -33,7 +41,8 @@ class MoCoV3(TwoViewMethod):
     def __init__(self, backbone: nn.Module, config: MoCoV3Config | None = None) -> None:
         config = config if config is not None else MoCoV3Config()
         super().__init__(backbone, config.projector_hidden, config.projector_dim, config.predictor_hidden,
-                         momentum=config.momentum, momentum_schedule=config.momentum_schedule)
+                         momentum=config.momentum, momentum_schedule=config.momentum_schedule,
+                         predictor_last_bn=config.predictor_last_bn, last_bn_affine=config.last_bn_affine)
         self.temperature = config.temperature
 
     def training_step(self, views: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> StepOutput:
