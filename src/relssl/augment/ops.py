@@ -8,6 +8,7 @@ on whatever device ``x`` lives on. The colour ops reproduce torchvision's tensor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,6 +31,12 @@ __all__ = [
     "contrast_",
     "saturation_",
     "hue_",
+    "blur_kernel_size",
+    "gaussian_kernels",
+    "gaussian_blur",
+    "gaussian_blur_",
+    "solarize",
+    "solarize_",
     "normalize",
     "normalize_",
     "JITTER_OPS",
@@ -236,6 +243,52 @@ def random_grayscale_(x: Tensor, mask: Tensor) -> Tensor:
 def random_grayscale(x: Tensor, mask: Tensor) -> Tensor:
     """Replace the samples in ``mask`` (N,) bool by their 3-channel luma image (RandomGrayscale)."""
     return random_grayscale_(x.clone(), mask)
+
+
+def blur_kernel_size(side: int, fraction: float) -> int:
+    """The odd kernel size nearest to ``fraction * side``, at least 3 (BYOL: 0.1 * 224 -> 23; 0.1 * 32 -> 3)."""
+    return max(3, 2 * math.floor(fraction * side / 2) + 1)
+
+
+def gaussian_kernels(sigma: Tensor, size: int) -> Tensor:
+    """(N, size) normalised 1-D Gaussian kernels, one per sigma (N,), torchvision's ``_get_gaussian_kernel1d``."""
+    half = (size - 1) / 2
+    t = torch.linspace(-half, half, size, device=sigma.device, dtype=sigma.dtype)
+    pdf = torch.exp(-0.5 * (t / sigma[:, None]) ** 2)
+    return pdf / pdf.sum(dim=1, keepdim=True)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, size: int) -> Tensor:
+    """Blur each image n with a ``size`` x ``size`` Gaussian of std ``sigma[n]`` (torchvision ``gaussian_blur``).
+
+    Same kernel and border as torchvision: reflect padding (``F.pad`` mode "reflect": the edge
+    pixel is not repeated) by size // 2 on every side. The 2-D kernel is separable, so it runs as
+    two depthwise convolutions, one group per (image, channel), each with its own kernel.
+    """
+    n, c, height, width = x.shape
+    pad = size // 2
+    if pad >= min(height, width):
+        raise ValueError(f"blur kernel {size} needs images larger than {pad} pixels, got {height}x{width}")
+    weight = gaussian_kernels(sigma.to(x.dtype), size).repeat_interleave(c, dim=0)  # (n*c, size)
+    y = F.pad(x.reshape(1, n * c, height, width), (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, weight.view(n * c, 1, 1, size), groups=n * c)  # along W
+    y = F.conv2d(y, weight.view(n * c, 1, size, 1), groups=n * c)  # along H
+    return y.view(n, c, height, width)
+
+
+def gaussian_blur_(x: Tensor, sigma: Tensor, mask: Tensor, size: int) -> Tensor:
+    """In place, blur the samples in ``mask`` (N,) bool; the others keep their exact values."""
+    return torch.where(mask.view(-1, 1, 1, 1), gaussian_blur(x, sigma, size), x, out=x)
+
+
+def solarize_(x: Tensor, mask: Tensor, threshold: float = 0.5) -> Tensor:
+    """In place, ``x -> 1 - x`` where ``x >= threshold`` in the samples in ``mask`` (torchvision ``solarize``)."""
+    return torch.where(mask.view(-1, 1, 1, 1) & (x >= threshold), 1.0 - x, x, out=x)
+
+
+def solarize(x: Tensor, mask: Tensor, threshold: float = 0.5) -> Tensor:
+    """Solarise the samples in ``mask`` (N,) bool: invert the values at or above ``threshold`` (RandomSolarize)."""
+    return solarize_(x.clone(), mask, threshold)
 
 
 def normalize_(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .config import AugmentConfig
 
-__all__ = ["ViewParams", "sample_crop_boxes", "sample_view_params", "CROP_TRIES"]
+__all__ = ["ViewParams", "per_view", "sample_crop_boxes", "sample_view_params", "CROP_TRIES"]
 
 # torchvision's RandomResizedCrop tries 10 (area, ratio) draws before falling back.
 CROP_TRIES = 10
@@ -26,10 +26,14 @@ class ViewParams:
     factors: Tensor  # (N, 4): brightness, contrast, saturation factors, hue shift
     order: Tensor  # (N, 4) long: each row a permutation of 0..3 (jitter op order)
     gray: Tensor  # (N,) bool
+    blur: Tensor  # (N,) bool: Gaussian blur applied
+    sigma: Tensor  # (N,) float: the blur's standard deviation in pixels
+    solarize: Tensor  # (N,) bool
 
     def take(self, index: Tensor | slice) -> ViewParams:
         """The parameters of the views selected by ``index`` (rows), in that order."""
-        fields = (self.boxes, self.flip, self.jitter, self.factors, self.order, self.gray)
+        fields = (self.boxes, self.flip, self.jitter, self.factors, self.order, self.gray, self.blur, self.sigma,
+                  self.solarize)
         return ViewParams(*(t[index] for t in fields))
 
 
@@ -82,6 +86,31 @@ def _jitter_order(config: AugmentConfig, u: Tensor) -> Tensor:
     return torch.arange(4, device=u.device).expand(u.shape[0], 4)
 
 
+def per_view(probs: tuple[float, ...], n: int, views: int, device: torch.device) -> Tensor:
+    """(n,) probability of each row of ``views`` view-major blocks: view v gets ``probs[v % len(probs)]``."""
+    view = torch.div(torch.arange(n, device=device) * views, n, rounding_mode="floor")  # = row // (n / views)
+    return torch.tensor(probs, device=device)[view % len(probs)]
+
+
+def _blur_solarize(
+    config: AugmentConfig, n: int, views: int, device: torch.device, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(blur, sigma, solarize) of ``n`` view-major rows; draws uniforms only if the config blurs or solarises.
+
+    A recipe without blur and solarisation (paper1) thus consumes exactly the generator draws it
+    did before these ops existed, and its views stay bit-identical.
+    """
+    if not (config.blurs or config.solarizes):
+        off = torch.zeros(n, dtype=torch.bool, device=device)
+        return off, torch.zeros(n, device=device), off
+    rng_device = generator.device if generator is not None else device
+    u = torch.rand(n, 3, generator=generator, device=rng_device).to(device)
+    lo, hi = config.blur_sigma
+    blur = u[:, 0] < per_view(config.blur_p, n, views, device)
+    solarize = u[:, 2] < per_view(config.solarize_p, n, views, device)
+    return blur, lo + (hi - lo) * u[:, 1], solarize
+
+
 def sample_view_params(
     config: AugmentConfig,
     n: int,
@@ -89,11 +118,14 @@ def sample_view_params(
     width: int,
     device: torch.device,
     generator: torch.Generator | None = None,
+    views: int = 1,
 ) -> ViewParams:
-    """Draw the parameters of ``n`` views of (height, width) images with one ``torch.rand`` call.
+    """Draw the parameters of ``n`` views of (height, width) images: ``views`` view-major blocks of n / views rows.
 
-    Uniforms come from ``generator`` on its own device (or the global RNG of ``device``) and are
-    then moved to ``device``, so a seed reproduces the views exactly on a given device.
+    One ``torch.rand`` call for crop, flip, jitter and grayscale, and a second one for blur and
+    solarisation only when the config uses them. Uniforms come from ``generator`` on its own
+    device (or the global RNG of ``device``) and are then moved to ``device``, so a seed
+    reproduces the views exactly on a given device.
     """
     crop_cols = 2 * CROP_TRIES + 2
     rng_device = generator.device if generator is not None else device
@@ -103,11 +135,16 @@ def sample_view_params(
     b, c, s, hue = config.brightness, config.contrast, config.saturation, config.hue
     lo = torch.tensor((max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -hue), device=device)
     hi = torch.tensor((1 + b, 1 + c, 1 + s, hue), device=device)
+    boxes = sample_crop_boxes(u[:, :crop_cols], height, width, config.scale, config.ratio)
+    blur, sigma, solarize = _blur_solarize(config, n, views, device, generator)
     return ViewParams(
-        boxes=sample_crop_boxes(u[:, :crop_cols], height, width, config.scale, config.ratio),
+        boxes=boxes,
         flip=rest[:, 0] < config.flip_p,
         jitter=rest[:, 1] < config.jitter_p,
         factors=lo + (hi - lo) * rest[:, 2:6],
         order=_jitter_order(config, rest[:, 6:10]),
         gray=rest[:, 10] < config.gray_p,
+        blur=blur,
+        sigma=sigma,
+        solarize=solarize,
     )

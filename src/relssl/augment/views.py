@@ -23,15 +23,18 @@ CPU_CHUNK_BYTES_PER_THREAD = 4 << 20
 
 
 class ViewAugment(torch.nn.Module):
-    """Per-sample random RandomResizedCrop, flip, colour jitter, grayscale and normalisation, K views at once.
+    """Per-sample random RandomResizedCrop, flip, colour jitter, grayscale, blur, solarisation and normalisation.
 
-    Every parameter is drawn independently per view and per image from torchvision's
-    distributions: crop boxes exactly as ``RandomResizedCrop.get_params`` (10 tries, then its
-    centre-crop fallback), flip with ``flip_p``, ColorJitter with ``jitter_p`` and its own op
-    order per view (``jitter_order``), RandomGrayscale with ``gray_p``. Images stay on their
-    device and no Python loop runs over images or views (only over a few chunks on CPU).
-    Differences from the reference PIL pipeline: all ops work in float (no uint8 rounding
-    between them), and resizing is bilinear without antialiasing (see ``ops.crop_resize_flip``).
+    K views at once, in BYOL's op order. Every parameter is drawn independently per view and per
+    image from torchvision's distributions: crop boxes exactly as ``RandomResizedCrop.get_params``
+    (10 tries, then its centre-crop fallback), flip with ``flip_p``, ColorJitter with ``jitter_p``
+    and its own op order per view (``jitter_order``), RandomGrayscale with ``gray_p``,
+    GaussianBlur (sigma ~ U(``blur_sigma``), odd kernel ~``blur_kernel_fraction`` of the view's
+    shorter side, reflect padding) with ``blur_p`` and RandomSolarize (threshold 0.5) with
+    ``solarize_p``, the last two per view (view v: entry v mod len). Images stay on their device
+    and no Python loop runs over images or views (only over a few chunks on CPU). Differences from
+    the reference PIL pipeline: all ops work in float (no uint8 rounding between them), and
+    resizing is bilinear without antialiasing (see ``ops.crop_resize_flip``).
     """
 
     def __init__(self, config: AugmentConfig | None = None) -> None:
@@ -46,16 +49,19 @@ class ViewAugment(torch.nn.Module):
         input's (H, W). All randomness comes from ``generator`` (global RNG if None), so a seed
         reproduces the views exactly on a given device. ``cropped``: the input already holds the
         k*B random-resized crops, view-major (the streaming reader takes them from the full-size
-        images); only flip, colour jitter, grayscale and normalisation are applied.
+        images); every op but the crop is applied.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k (number of views) must be a positive integer, got {k!r}")
         cfg = self.config
+        cfg.check_views(k)
         x = ops.as_float_nchw(images)
         b, _, height, width = x.shape
+        if cropped and b % k:
+            raise ValueError(f"cropped input must hold k*B view-major crops, got {b} rows for k={k}")
         out_hw = (cfg.size, cfg.size) if cfg.size is not None and not cropped else (height, width)
         n = b if cropped else k * b
-        params = sample_view_params(cfg, n, height, width, x.device, generator)
+        params = sample_view_params(cfg, n, height, width, x.device, generator, views=k)
         source = torch.arange(n, device=x.device) % b  # view-major: row v*B + i is view v of image i
         out = torch.empty(n, 3, *out_hw, device=x.device, dtype=x.dtype)
         chunk = n
@@ -88,6 +94,10 @@ class ViewAugment(torch.nn.Module):
             perm, p = perm[regroup], p.take(regroup)
         if cfg.gray_p > 0:
             ops.random_grayscale_(views, p.gray)
+        if cfg.blurs:
+            ops.gaussian_blur_(views, p.sigma, p.blur, ops.blur_kernel_size(min(out_hw), cfg.blur_kernel_fraction))
+        if cfg.solarizes:
+            ops.solarize_(views, p.solarize)
         ops.normalize_(views, *cfg.normalization())
         out.index_copy_(0, perm, views)
 
