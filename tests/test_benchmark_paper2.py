@@ -61,8 +61,12 @@ def test_augment_removal_turns_off_one_augmentation_per_row() -> None:
     assert by_label["no-gray"] == {"augment.gray_p": 0.0}
     assert by_label["no-flip"] == {"augment.flip_p": 0.0}
     assert by_label["no-crop"] == {"augment.scale": [1.0, 1.0], "augment.ratio": [1.0, 1.0]}
-    full = build_config({}, by_label["full"]).augment
-    assert full == build_config().augment  # "full" spells out the default pipeline
+    assert by_label["no-blur"] == {"augment.blur_p": [0.0]}
+    assert by_label["no-solarize"] == {"augment.solarize_p": [0.0]}
+    assert grid.base["augment"] == {"recipe": "byol"}  # every row starts from BYOL's pipeline, as the paper's
+    full = build_config(grid.base, by_label["full"]).augment
+    assert full == build_config({}, {"augment.recipe": "byol"}).augment  # "full" names BYOL's recipe
+    assert full.blur_p == (1.0, 0.1) and full.solarize_p == (0.0, 0.2)
 
 
 def test_semi_grid_sets_fraction_and_finetune_schedule() -> None:
