@@ -2,6 +2,9 @@
 
 ``config.py`` holds the validated ``AugmentConfig``, ``params.py`` draws every view's random
 parameters at once, ``ops.py`` has the batched functional ops, ``views.py`` puts them together.
+``augment.recipe`` names the view distribution: ``paper1`` (Relational Reasoning's CIFAR pipeline,
+the default) or ``byol`` (BYOL's, with per-view Gaussian blur and solarisation; paper 2's), see
+docs/protocols/paper2.md.
 """
 
 # Library or own code? Measured on the 2-core "Intel(R) Xeon(R) Processor" dev box (torch 2.15,
@@ -33,7 +36,7 @@ parameters at once, ``ops.py`` has the batched functional ops, ``views.py`` puts
 # jitter order runs each op on quarter-size slices (~4x more kernel calls), so it suffers
 # more there than AugmentConfig(jitter_order="fixed").
 
-from relssl.augment.config import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig
+from relssl.augment.config import CIFAR10_MEAN, CIFAR10_STD, RECIPES, AugmentConfig
 from relssl.augment.views import ViewAugment, to_normalized
 
-__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "AugmentConfig", "ViewAugment", "to_normalized"]
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "RECIPES", "AugmentConfig", "ViewAugment", "to_normalized"]
