@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+import relssl.augment.views as views_module
 from relssl.augment import AugmentConfig, ViewAugment, ops
-from relssl.augment.params import sample_view_params
+from relssl.augment.params import ViewParams, sample_view_params
 from relssl.benchmark import load_grid, plan_cells
-from relssl.errors import ConfigError
+from relssl.cli import main
+from relssl.errors import ConfigError, RelsslWarning
 from relssl.train.config import build_config
 
 GRIDS = Path(__file__).resolve().parents[1] / "configs" / "benchmarks"
@@ -270,3 +275,56 @@ def test_paper2_grids_pretrain_with_byols_recipe_and_paper1_grids_with_paper1s(n
             assert cfg.augment.solarize_p == (0.0,) and cfg.augment.blur_p == (1.0, 0.1), run
         elif recipe == "byol":
             assert cfg.augment.blur_p == (1.0, 0.1) and cfg.augment.solarize_p == (0.0, 0.2), run
+
+
+def test_streaming_training_blurs_and_solarises_the_workers_crops(
+        tmp_path: Path, png: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data.stream` + `augment.recipe=byol`: the trainer hands the workers' crops to ViewAugment(cropped=True),
+    which blurs every view-1 row and solarises none of them."""
+    for split, count in (("train", 6), ("test", 2)):
+        for c, value in enumerate((40, 200)):
+            for i in range(count):
+                png(tmp_path / "photos" / split / f"c{c}" / f"{i}.png", (value, 255 - value, 90 + 20 * i), (40, 36))
+    calls: list[tuple[str, torch.Tensor]] = []
+    real_forward, real_blur, real_solarize = ViewAugment.forward, ops.gaussian_blur_, ops.solarize_
+
+    def forward(self: ViewAugment, images: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                cropped: bool = False) -> torch.Tensor:
+        calls.append(("cropped" if cropped else "uncropped", torch.tensor(images.shape[:3])))
+        return real_forward(self, images, k, generator, cropped)
+
+    def blur(x: torch.Tensor, sigma: torch.Tensor, mask: torch.Tensor, size: int) -> torch.Tensor:
+        calls.append(("blur", mask.clone()))
+        return real_blur(x, sigma, mask, size)
+
+    def solarize(x: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+        calls.append(("solarize", mask.clone()))
+        return real_solarize(x, mask, threshold)
+
+    drawn: list[ViewParams] = []
+
+    def sample(*args: Any, **kwargs: Any) -> ViewParams:
+        drawn.append(sample_view_params(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(views_module, "sample_view_params", sample)
+    monkeypatch.setattr(ViewAugment, "forward", forward)
+    monkeypatch.setattr(ops, "gaussian_blur_", blur)
+    monkeypatch.setattr(ops, "solarize_", solarize)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RelsslWarning)
+        code = main(["train", "--dataset", "imagefolder", "--data-root", str(tmp_path / "photos"), "--method", "simclr",
+                     "--set", "data.stream=true", "--set", "data.workers=0", "--set", "augment.recipe=byol",
+                     "--set", "augment.size=32", "--max-steps", "2", "--batch-size", "4", "--set", "eval.epochs=1",
+                     "--runs-dir", str(tmp_path / "runs"), "--run-name", "r", "--no-progress"])
+    assert code == 0
+    steps = [shape for kind, shape in calls if kind == "cropped"]
+    assert len(steps) == 2 and all(shape.tolist() == [8, 32, 32] for shape in steps)  # 2 views x 4 crops of 32x32
+    assert not [kind for kind, _ in calls if kind == "uncropped"]
+    blurs = [mask for kind, mask in calls if kind == "blur"]
+    solarises = [mask for kind, mask in calls if kind == "solarize"]
+    assert len(blurs) == len(solarises) == len(drawn) == 2  # one chunk per step on these sizes
+    for params, blur_mask, solarize_mask in zip(drawn, blurs, solarises):
+        assert params.blur[:4].all() and not params.solarize[:4].any()  # view 1: blur 1.0, solarise 0
+        # The ops see the rows regrouped by jitter order: the same flags, permuted.
+        assert int(blur_mask.sum()) == int(params.blur.sum()) and int(solarize_mask.sum()) == int(params.solarize.sum())
