@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,18 @@ def test_label_pair_gradients_are_bitwise_reproducible():
         weighted_focal_bce(pairs @ weight, targets, weights).backward()
         grads.append(z.grad)
     assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+def test_semi_supervised_grid_runs_four_label_fractions_with_three_seeds(tmp_path):
+    from relssl.benchmark import load_grid, plan_cells
+
+    grid_file = Path(__file__).resolve().parents[1] / "configs" / "benchmarks" / "semi_supervised.yaml"
+    grid = load_grid(grid_file, "smoke", {"RELSSL_CIFAR10": str(tmp_path)})
+    configs = {pc.cell.run_name: pc.config for pc in plan_cells(grid, tmp_path / "out")}
+    fractions = {"l0": 0.0, "l10": 0.1, "l50": 0.5, "l100": 1.0}
+    assert set(configs) == {f"{label}_relational-seed{s}" for label in fractions for s in range(3)}
+    for run, cfg in configs.items():
+        assert cfg is not None
+        assert cfg.relational.labelled_fraction == fractions[run.split("_")[0]], run
+        assert cfg.relational.label_positives == "explicit" and cfg.relational.k == 4
+        assert cfg.train.max_steps == 500 and cfg.seed == int(run[-1])
