@@ -103,6 +103,14 @@ class Method(nn.Module):
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Called after every optimizer step with the 1-based step count (momentum encoders update here)."""
 
+    def diagnostics(self) -> dict[str, float]:
+        """Named numbers describing the epoch that just ended (default: none); the trainer logs them.
+
+        Called on every rank at each epoch end (and after a last, partial epoch), so it may use
+        collectives; rank 0's result is written to the run's log, diagnostics.csv and metrics.json.
+        """
+        return {}
+
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Top-1 accuracy in percent as a detached tensor (no host sync)."""
