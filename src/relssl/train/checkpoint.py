@@ -33,8 +33,8 @@ RESUME_KEYS = ("config", "method", "optimizer", "scaler", "train_state")
 WEIGHT_KEYS = ("config", "method")
 #: Temporary names `atomic_write` gives the files of a run directory (mkstemp: 8 of [a-z0-9_]), and the
 #: fixed name older versions wrote metrics.json through.
-_TEMP_NAME = re.compile(r"\.(last\.pt|epoch\d+\.pt|backbone\.safetensors|config\.yaml|metrics\.json|train_log\.csv)"
-                        r"\.[a-z0-9_]{8}\.tmp|metrics\.json\.tmp")
+_TEMP_NAME = re.compile(r"\.(last\.pt|epoch\d+\.pt|backbone\.safetensors|config\.yaml|metrics\.json|train_log\.csv"
+                        r"|diagnostics\.csv)\.[a-z0-9_]{8}\.tmp|metrics\.json\.tmp")
 #: How torch.save and safetensors report a write the file system refused (they raise no OSError).
 _WRITE_FAILURE_TEXT = ("unexpected pos", "file write failed", "failed writing", "I/O error", "No space left")
 

@@ -175,9 +175,9 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
         raise ConfigError(f"method {config.method!r} needs labels, but the {data.dataset}:{inputs.split} split has "
                           "unlabelled images; pretrain on a labelled split (data.train_split)")
     if inputs.arrays is not None:
-        trainer = Trainer(config, method, inputs.arrays.images, labels, aug_cfg, device)
+        trainer = Trainer(config, method, inputs.arrays.images, labels, aug_cfg, device, log=log)
     else:
-        trainer = Trainer(config, method, None, None, aug_cfg, device,
+        trainer = Trainer(config, method, None, None, aug_cfg, device, log=log,
                           stream=inputs.loader(config, labels, method.num_views, device))
     _on_main(lambda: check_eval_splits(config, inputs))
     # The run directory appears (or, resumed, changes) only once everything above has validated,
@@ -200,6 +200,8 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
         "seed": config.seed, "train_steps": state.global_step, "train_epochs_completed": state.epoch,
         "train_seconds": round(state.elapsed, 2), "finished": trainer.finished,
     }
+    if state.diagnostics:  # Method.diagnostics per epoch (docs/methods/rcl.md): the last, and all
+        metrics["diagnostics"] = {"last": state.diagnostics[-1], "per_epoch": state.diagnostics}
     if isinstance(trainer.stream, StreamLoader):  # unreadable images replaced this session, all ranks
         metrics["data_skipped_images"] = sum(all_gather_objects(trainer.stream.skipped))
     if not trainer.finished:

@@ -6,7 +6,8 @@ import contextlib
 import functools
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from relssl.errors import CheckpointError, ConfigError
 from relssl.methods import EpochContext, Method
 from relssl.optim import build_optimizer, build_scheduler
 from relssl.train.batches import BatchStream
-from relssl.train.checkpoint import CHECKPOINT_FORMAT, save_backbone_safetensors, save_checkpoint
+from relssl.train.checkpoint import CHECKPOINT_FORMAT, save_backbone_safetensors, save_checkpoint, write_text
 from relssl.train.config import RunConfig
 from relssl.train.logger import StepLog
 from relssl.train.parallel import augment_seed, convert_sync_batchnorm, wrap_ddp
@@ -36,6 +37,8 @@ class TrainState:
     step_in_epoch: int = 0  # steps already done in `epoch`
     global_step: int = 0
     elapsed: float = 0.0  # seconds of training so far, across resumes
+    # Method.diagnostics() at each epoch end: {"epoch", "step", name: value, ...}; empty for most methods.
+    diagnostics: list[dict[str, float]] = field(default_factory=list)
 
 
 def autocast_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -66,8 +69,10 @@ class Trainer:
         run_dir: Path | None = None,
         *,
         stream: StreamLoader | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
+        self.log = log  # where the per-epoch diagnostics line goes (rank 0); None: nowhere
         self.device = device
         self.run_dir = run_dir
         self.k = method.num_views
@@ -134,7 +139,7 @@ class Trainer:
         if "scheduler" in ckpt:  # checkpoints from before schedules existed ran a constant lr
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = TrainState(**ckpt["train_state"])
+        self.state = TrainState(**ckpt["train_state"])  # checkpoints from before diagnostics hold none
         per_rank = ckpt.get("aug_generators") or [ckpt["aug_generator"]]
         if len(per_rank) == world_size():
             self.aug_generator.set_state(per_rank[rank()])
@@ -242,10 +247,13 @@ class Trainer:
                         self.state.epoch += 1
                         self.state.step_in_epoch = 0
                         log.flush()
+                        self._record_diagnostics(epoch)
                         if self.state.epoch % cfg.checkpoint_every == 0:
                             self.save(periodic=True)
                         stopping = stopping or self._stop_agreed(stop, True)
                 log.flush()
+                if self.finished and self.state.step_in_epoch > 0:  # the budget ended inside an epoch
+                    self._record_diagnostics(self.state.epoch)
                 self.save()
                 if stopping and is_main():
                     bar.write(f"stopped ({stop.signal_name or 'a signal on another rank'}) at step "
@@ -254,6 +262,19 @@ class Trainer:
             bar.close()
             log.close()
         return self.state
+
+    def _record_diagnostics(self, epoch: int) -> None:
+        """Ask the method (every rank) for its diagnostics of `epoch`; rank 0 logs them and rewrites diagnostics.csv."""
+        values = self.method.diagnostics()
+        if not values:
+            return
+        self.state.diagnostics.append({"epoch": epoch, "step": self.state.global_step, **values})
+        if not is_main():
+            return
+        if self.log is not None:
+            self.log(f"epoch {epoch} (step {self.state.global_step}) diagnostics: "
+                     + " ".join(f"{k}={v:.4g}" for k, v in values.items()))
+        write_text(self._output_dir() / "diagnostics.csv", diagnostics_csv(self.state.diagnostics))
 
     @property
     def finished(self) -> bool:
@@ -266,3 +287,13 @@ class Trainer:
         if is_main():
             save_backbone_safetensors(self.method.backbone, path)
         return path
+
+
+def diagnostics_csv(rows: list[dict[str, float]]) -> str:
+    """The per-epoch diagnostics as CSV text: one row per entry, columns in order of first appearance."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    lines = [",".join(columns)]
+    lines += [",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in columns) for row in rows]
+    return "\n".join(lines) + "\n"
