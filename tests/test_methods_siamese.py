@@ -282,8 +282,9 @@ def test_simsiam_gradient_reaching_z_comes_only_through_the_predictor():
         assert torch.allclose(captured[slot], expected[slot], rtol=1e-4, atol=1e-8)
 
 
-def test_nnclr_default_loss_uses_the_nearest_neighbour_as_in_batch_positive():
-    method = _method("nnclr", **{"nnclr.temperature": 0.2})
+def test_nnclr_neighbours_form_uses_the_nearest_neighbour_as_in_batch_positive():
+    """`softmax_over: neighbours` (the default, Eq. 2, is tested in tests/test_nnclr_eq2.py)."""
+    method = _method("nnclr", **{"nnclr.temperature": 0.2, "nnclr.softmax_over": "neighbours"})
     _step(method, 1)
     _step(method, 2)
     bank = _np(method.queue.features())
