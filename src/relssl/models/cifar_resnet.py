@@ -15,6 +15,7 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
+from relssl.models.backbone import LocalMaps
 from relssl.models.conv4 import init_conv_bn
 from relssl.models.registry import register_backbone
 
@@ -54,11 +55,13 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(LocalMaps, nn.Module):
     """CIFAR-style ResNet mapping (B, C, H, W) to (B, channels[-1]) globally pooled features.
 
     ``layers`` gives the number of BasicBlocks per stage. State-dict keys (``conv1``, ``bn1``,
-    ``layerN.i.conv1``, ``layerN.i.downsample.0``...) match the reference checkpoints.
+    ``layerN.i.conv1``, ``layerN.i.downsample.0``...) match the reference checkpoints. The first
+    map (`forward_with_local(x, "first")`) is the stem's conv-BN-ReLU output, as in the reference
+    code's Deep InfoMax.
     """
 
     feature_dim: int
@@ -85,15 +88,23 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = channels[-1]
+        self.first_channels = channels[0]
         init_conv_bn(self)
 
-    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map before global pooling, (B, 64, h, w)."""
-        x = self.relu(self.bn1(self.conv1(x)))
-        return self.layer3(self.layer2(self.layer1(x)))
+    def first_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem's conv-BN-ReLU output, (B, 16, H, W)."""
+        return self.relu(self.bn1(self.conv1(x)))
+
+    def maps_after_first(self, first: torch.Tensor) -> torch.Tensor:
+        """The three stages: the last map before global pooling, (B, 64, h, w)."""
+        return self.layer3(self.layer2(self.layer1(first)))
+
+    def pool_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Global average pooling, (B, 64)."""
+        return torch.flatten(self.avgpool(fmap), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.avgpool(self.forward_map(x)), 1)
+        return self.pool_features(self.forward_map(x))
 
 
 def _register(name: str, layers: tuple[int, int, int]) -> None:

@@ -15,6 +15,7 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
+from relssl.models.backbone import LocalMaps
 from relssl.models.registry import register_backbone
 
 Pooling = Literal["avg", "max"]
@@ -47,15 +48,22 @@ def _block(in_ch: int, out_ch: int, pool: nn.Module) -> nn.Sequential:
     )
 
 
+def _conv_bn_relu(block: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A block without its final pooling: conv, BN, ReLU (entries 0-2)."""
+    return block[2](block[1](block[0](x)))
+
+
 @register_backbone("conv4")
-class Conv4(nn.Module):
+class Conv4(LocalMaps, nn.Module):
     """Conv-4 backbone mapping (B, C, H, W) images to (B, 64) features.
 
     ``pooling`` picks the 2x2 down-sampling between blocks: ``"avg"`` (AvgPool2d(2), as in the
     reference code, default) or ``"max"`` (MaxPool2d(2), as in few-shot Conv-4 variants).
     The last block always ends in global average pooling, so any input with H, W >= 8 works
     (16x16 -> 8 -> 4 -> 2 -> 1; 32x32 -> 16 -> 8 -> 4 -> 1). State-dict keys
-    (``layerN.conv``/``layerN.bn``) match the reference checkpoints.
+    (``layerN.conv``/``layerN.bn``) match the reference checkpoints. The first map
+    (`forward_with_local(x, "first")`) is layer1's conv-BN-ReLU output before its pooling
+    (8 channels at the input's resolution), the map the reference code's Deep InfoMax uses.
     """
 
     feature_dim: int
@@ -71,13 +79,22 @@ class Conv4(nn.Module):
         self.layer3 = _block(widths[2], widths[3], pool_cls(kernel_size=2, stride=2))
         self.layer4 = _block(widths[3], widths[4], nn.AdaptiveAvgPool2d(1))
         self.feature_dim = widths[-1]
+        self.first_channels = widths[1]
         self.pooling = pooling
         init_conv_bn(self)
 
-    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map before global pooling, (B, 64, h, w) (local features for Deep InfoMax)."""
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.layer4[:-1](x)
+    def first_map(self, x: torch.Tensor) -> torch.Tensor:
+        """layer1's conv-BN-ReLU output before its pooling, (B, 8, H, W)."""
+        return _conv_bn_relu(self.layer1, x)
+
+    def maps_after_first(self, first: torch.Tensor) -> torch.Tensor:
+        """layer1's pooling, layers 2-3 and layer4 up to its global pooling: the last map (B, 64, h, w)."""
+        x = self.layer3(self.layer2(self.layer1[-1](first)))
+        return _conv_bn_relu(self.layer4, x)
+
+    def pool_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Global average pooling of the last map, (B, 64)."""
+        return torch.flatten(self.layer4[-1](fmap), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.layer4[-1](self.forward_map(x)), 1)
+        return self.pool_features(self.forward_map(x))

@@ -14,6 +14,7 @@ from pydantic import PositiveInt
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from relssl.models.backbone import LocalMaps
 from relssl.models.registry import register_backbone
 
 #: (block, blocks per stage) for each name, as in torchvision.models.resnet.
@@ -24,13 +25,15 @@ TORCHVISION_RESNET_SPECS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], t
 }
 
 
-class TorchvisionResNet(ResNet):
+class TorchvisionResNet(LocalMaps, ResNet):
     """torchvision ResNet returning (B, 512 * expansion) pooled features; ``fc`` is an Identity.
 
     ``cifar_stem=True`` swaps the 7x7/stride-2 conv1 and the max-pool for a 3x3/stride-1 conv1
     and no max-pool (the usual choice for 32x32 images, e.g. SimCLR's CIFAR ResNets); the default
     False keeps torchvision's ImageNet stem, as the reference code does for STL-10 (96x96).
     ``in_channels`` != 3 replaces conv1 likewise. Init is torchvision's (Kaiming normal fan_out).
+    The first map (`forward_with_local(x, "first")`) is the stem's ReLU output before the
+    max-pool (64 channels), as in the Relational Reasoning reference code's Deep InfoMax.
     """
 
     feature_dim: int
@@ -55,14 +58,22 @@ class TorchvisionResNet(ResNet):
         if cifar_stem:
             self.maxpool = nn.Identity()
         self.cifar_stem = cifar_stem
+        self.first_channels = self.conv1.out_channels
 
-    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map before global pooling, (B, feature_dim, h, w)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    def first_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem's conv-BN-ReLU output before the max-pool, (B, 64, H', W')."""
+        return self.relu(self.bn1(self.conv1(x)))
+
+    def maps_after_first(self, first: torch.Tensor) -> torch.Tensor:
+        """The max-pool and the four stages: the last map before global pooling, (B, feature_dim, h, w)."""
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.maxpool(first)))))
+
+    def pool_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Global average pooling (``fc`` is an Identity), (B, feature_dim)."""
+        return self.fc(torch.flatten(self.avgpool(fmap), 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward_impl(x)
+        return self.pool_features(self.forward_map(x))
 
 
 for _name in TORCHVISION_RESNET_SPECS:
