@@ -1,19 +1,27 @@
-"""Deep InfoMax, local variant with prior matching: DIM(L) of Hjelm et al. (2019).
+"""Deep InfoMax (Hjelm et al., 2019): local and global JSD mutual-information terms plus prior matching.
 
-The Relational Reasoning paper's baseline runs DIM with alpha = 0 (no global MI term),
-beta = 1 (local MI) and gamma = 0.1 (prior matching). The local MI is estimated with the
-Jensen-Shannon bound of DIM Eq. 4 over scores from the "encoder-and-dot-product"
-architecture: a 1x1-conv local encoder and an MLP global encoder map feature-map positions
-and the global vector into a shared space, and a score is their dot product.
+Two discriminator architectures score a pair (global vector y, local feature map M):
+"concat" -- the Relational Reasoning reference code's: y is tiled over M's positions,
+concatenated with M along channels and scored by a 1x1-conv MLP (local term), and a second
+discriminator scores y against a convolved, pooled summary of M (global term); "dot" -- DIM's
+"encoder-and-dot-product": a 1x1-conv local encoder and an MLP global encoder map positions and
+y into a shared space, a score is their dot product. Negatives pair y_i with the map of another
+image: "roll" (M_{i+1 mod B}, the reference code's rolled batch) or "all" (every j != i).
+The MI is estimated with the Jensen-Shannon bound of DIM Eq. 4.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+Negatives = Literal["roll", "all"]
+NEGATIVES: tuple[str, ...] = get_args(Negatives)
+Discriminator = Literal["concat", "dot"]
+DISCRIMINATORS: tuple[str, ...] = get_args(Discriminator)
 
 
 def jsd_mi(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> torch.Tensor:
@@ -45,19 +53,34 @@ def local_global_scores(global_emb: torch.Tensor, local_emb: torch.Tensor) -> to
         return torch.einsum("ie,jel->ijl", global_emb.float(), local_emb.float())
 
 
-def jsd_mi_local(global_emb: torch.Tensor, local_emb: torch.Tensor) -> torch.Tensor:
-    """Local JSD MI of DIM Eq. 6 with the estimator of Eq. 4, averaged over positions.
+def negative_pairs(b: int, negatives: str, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index vectors (i, j): negative k pairs global vector i with local map j.
 
-    Positives pair each image's global embedding with its own B*L positions; negatives pair
-    it with the positions of the B - 1 other images in the batch (B(B-1)L scores). Returns
-    E_P[-sp(-T)] - E_N[sp(T)], which is at most 0 and grows as the pairs become separable.
+    "roll": j = i + 1 mod B, the reference code's M' = cat(M[1:], M[:1]) (B pairs); "all": every
+    j != i in row-major order (B(B-1) pairs).
+    """
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}; got {negatives!r}")
+    if b < 2:
+        raise ValueError("Deep InfoMax needs at least 2 images in the batch to form negatives")
+    i = torch.arange(b, device=device)
+    if negatives == "roll":
+        return i, (i + 1) % b
+    i, j = i.repeat_interleave(b), i.repeat(b)
+    keep = i != j
+    return i[keep], j[keep]
+
+
+def jsd_mi_local(global_emb: torch.Tensor, local_emb: torch.Tensor, negatives: str = "all") -> torch.Tensor:
+    """Local JSD MI of DIM Eq. 6 with the estimator of Eq. 4, dot-product scores, averaged over positions.
+
+    Positives pair each image's global embedding with its own L positions; negatives pair it with
+    the positions of the images `negative_pairs` names ("all": the B - 1 others, B(B-1)L scores).
+    Returns E_P[-sp(-T)] - E_N[sp(T)], which is at most 0 and grows as the pairs become separable.
     """
     scores = local_global_scores(global_emb, local_emb)
-    b = scores.shape[0]
-    if b < 2:
-        raise ValueError("jsd_mi_local needs at least 2 images in the batch to form negatives")
-    same = torch.eye(b, dtype=torch.bool, device=scores.device)
-    return jsd_mi(scores[same], scores[~same])
+    i, j = negative_pairs(scores.shape[0], negatives, scores.device)
+    return jsd_mi(scores.diagonal().T, scores[i, j])
 
 
 class _GradReverse(torch.autograd.Function):
@@ -114,31 +137,96 @@ class GlobalEncoder(nn.Module):
         return self.block(y) + self.shortcut(y)
 
 
+def _split_first_layer(first: nn.Linear, sizes: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight columns acting on each part of a concatenated input [a; b] of sizes (|a|, |b|)."""
+    wa, wb = first.weight.split(list(sizes), dim=1)
+    return wa, wb
+
+
+def _score_head(hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+
+class ConcatLocalDiscriminator(nn.Module):
+    """Scores T(y, m_l) = MLP([m_l; y]) at every position l: a 1x1-conv net (c+d -> h -> h -> 1), ReLUs.
+
+    The first layer acts on the concatenation, computed as W_m m_l + W_y y + b, which is exactly the
+    same number without tiling y over the map; a negative reuses W_m m_l of another image.
+    """
+
+    def __init__(self, global_dim: int, local_channels: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.sizes = (local_channels, global_dim)
+        self.first = nn.Linear(local_channels + global_dim, hidden)  # a 1x1 conv over [M; y tiled]
+        self.head = _score_head(hidden)
+
+    def forward(self, y: torch.Tensor, m: torch.Tensor, negatives: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positive scores (B, L), negative scores (N, L)) for y (B, d) and M (B, c, h, w)."""
+        w_m, w_y = _split_first_layer(self.first, self.sizes)
+        a_y = F.linear(y, w_y, self.first.bias)[:, None]  # (B, 1, hidden)
+        a_m = F.linear(m.flatten(2).transpose(1, 2), w_m)  # (B, L, hidden)
+        i, j = negative_pairs(y.shape[0], negatives, y.device)
+        return self.head(a_y + a_m).squeeze(-1), self.head(a_y[i] + a_m[j]).squeeze(-1)
+
+
+class ConcatGlobalDiscriminator(nn.Module):
+    """Scores T(y, M) for the global MI term: two unpadded 3x3 convs on M (`channels`, reference
+    (64, 32), ReLU between), adaptive average pooling to `pooled` x `pooled`, then an MLP
+    (h, h, 1) on [y; summary]. Needs a map of at least 5x5. The first linear layer is split as in
+    ConcatLocalDiscriminator.
+    """
+
+    def __init__(
+        self, global_dim: int, local_channels: int, hidden: int = 256, pooled: int = 16,
+        channels: tuple[int, int] = (64, 32),
+    ) -> None:
+        super().__init__()
+        c1, c2 = channels
+        self.summary = nn.Sequential(
+            nn.Conv2d(local_channels, c1, kernel_size=3), nn.ReLU(), nn.Conv2d(c1, c2, kernel_size=3),
+            nn.AdaptiveAvgPool2d(pooled), nn.Flatten(),
+        )
+        self.sizes = (global_dim, c2 * pooled * pooled)
+        self.first = nn.Linear(sum(self.sizes), hidden)
+        self.head = _score_head(hidden)
+
+    def forward(self, y: torch.Tensor, m: torch.Tensor, negatives: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positive scores (B,), negative scores (N,)) for y (B, d) and M (B, c, h, w)."""
+        if min(m.shape[-2:]) < 5:
+            raise ValueError(f"the global discriminator needs a local map of at least 5x5; got {tuple(m.shape[-2:])}")
+        w_y, w_h = _split_first_layer(self.first, self.sizes)
+        a_y = F.linear(y, w_y, self.first.bias)
+        a_h = F.linear(self.summary(m), w_h)  # a rolled map's summary is the rolled summary
+        i, j = negative_pairs(y.shape[0], negatives, y.device)
+        return self.head(a_y + a_h).squeeze(-1), self.head(a_y[i] + a_h[j]).squeeze(-1)
+
+
 class DIMOutput(NamedTuple):
-    """Total loss to minimise and its parts (local MI estimate and prior discriminator loss)."""
+    """Total loss to minimise and its parts (local and global MI estimates, prior discriminator loss)."""
 
     loss: torch.Tensor
     local_mi: torch.Tensor
     prior: torch.Tensor
+    global_mi: torch.Tensor
 
 
 class DIMHeads(nn.Module):
-    """DIM(L) heads and loss: loss = -beta * I_JSD(local) + gamma * prior (Hjelm et al., 2019, Eq. 8).
+    """DIM heads and loss: loss = -beta * I_local - alpha * I_global + gamma * prior (Hjelm et al., 2019, Eq. 8).
 
-    Holds the local and global encoders of the local MI estimator and the prior discriminator D
-    (an MLP, hidden sizes `prior_hidden`, giving a logit). The prior term is D's binary cross-entropy
-    for telling samples v ~ U[0,1]^d (label 1) from the global features y (label 0),
-    prior = E_v[-log D(v)] + E_y[-log(1 - D(y))], i.e. minus the objective of Eq. 7.
+    `discriminator` picks the local MI scorer ("dot": LocalEncoder/GlobalEncoder and dot products,
+    `embed_dim`/`hidden_dim`; "concat": ConcatLocalDiscriminator of width `concat_hidden`) and
+    `negatives` the negative pairs ("all" or "roll", see `negative_pairs`). alpha > 0 adds the
+    global term scored by ConcatGlobalDiscriminator (width `concat_hidden`, convs `global_channels`). The defaults (dot, all, alpha = 0) are DIM(L);
+    the Relational Reasoning reference code uses concat, roll, alpha = 0.5.
 
-    Sign handling with ONE optimizer over all parameters: Eq. 7 is a minimax -- D maximises
-    log D(v) + log(1 - D(y)) while the encoder minimises it. Minimising `loss` over D's weights
-    does the former (gamma * prior is D's cross-entropy); y reaches D through a gradient-reversal
-    layer, so the encoder receives the negated gradient and pushes y towards what D calls prior
-    (the saturating minimax generator update of Eq. 7). The reported `loss` therefore contains
-    D's cross-entropy, not the encoder's objective, and need not fall as training progresses.
-    (The Relational Reasoning reference code adds the same term without reversal, so its
-    encoder helps D and moves y away from the prior.) The global MI term (alpha) is not
-    implemented; the paper's baseline uses alpha = 0.
+    The prior discriminator D (an MLP, hidden sizes `prior_hidden`, giving a logit) is trained by
+    its binary cross-entropy for telling samples v ~ U[0,1]^d (label 1) from the global features y
+    (label 0), prior = E_v[-log D(v)] + E_y[-log(1 - D(y))], i.e. minus the objective of Eq. 7.
+    Sign handling with ONE optimizer: y reaches D through a gradient-reversal layer, so minimising
+    `loss` trains D while the encoder receives the negated gradient and pushes y towards what D
+    calls prior (the minimax of Eq. 7). The reported `loss` therefore contains D's cross-entropy
+    and need not fall. (The Relational Reasoning reference code adds the same term without
+    reversal, so its encoder helps D and moves y away from the prior.)
     """
 
     def __init__(
@@ -150,23 +238,46 @@ class DIMHeads(nn.Module):
         beta: float = 1.0,
         gamma: float = 0.1,
         prior_hidden: tuple[int, ...] = (1000, 200),
+        *,
+        alpha: float = 0.0,
+        discriminator: str = "dot",
+        negatives: str = "all",
+        concat_hidden: int = 256,
+        global_channels: tuple[int, int] = (64, 32),
     ) -> None:
         super().__init__()
         for name, value in (("global_dim", global_dim), ("local_channels", local_channels),
-                            ("embed_dim", embed_dim), ("hidden_dim", hidden_dim)):
+                            ("embed_dim", embed_dim), ("hidden_dim", hidden_dim), ("concat_hidden", concat_hidden),
+                            *zip(("global_channels[0]", "global_channels[1]"), global_channels)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1; got {value}")
-        if beta < 0 or gamma < 0:
-            raise ValueError(f"beta and gamma must be >= 0; got beta={beta}, gamma={gamma}")
-        self.beta = beta
-        self.gamma = gamma
-        self.local_encoder = LocalEncoder(local_channels, embed_dim, hidden_dim)
-        self.global_encoder = GlobalEncoder(global_dim, embed_dim, hidden_dim)
+        if alpha < 0 or beta < 0 or gamma < 0:
+            raise ValueError(f"alpha, beta and gamma must be >= 0; got alpha={alpha}, beta={beta}, gamma={gamma}")
+        if discriminator not in DISCRIMINATORS or negatives not in NEGATIVES:
+            raise ValueError(f"discriminator must be one of {DISCRIMINATORS} and negatives one of {NEGATIVES}; "
+                             f"got {discriminator!r}, {negatives!r}")
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.discriminator, self.negatives = discriminator, negatives
+        if discriminator == "dot":
+            self.local_encoder = LocalEncoder(local_channels, embed_dim, hidden_dim)
+            self.global_encoder = GlobalEncoder(global_dim, embed_dim, hidden_dim)
+        else:
+            self.local_discriminator = ConcatLocalDiscriminator(global_dim, local_channels, concat_hidden)
+        if alpha > 0:
+            self.global_discriminator = ConcatGlobalDiscriminator(global_dim, local_channels, concat_hidden,
+                                                                  channels=global_channels)
         self.prior_discriminator = _mlp([global_dim, *prior_hidden, 1])
 
     def local_mi(self, global_features: torch.Tensor, local_features: torch.Tensor) -> torch.Tensor:
         """JSD estimate of the local MI between y (B, d) and feature map M (B, c, h, w)."""
-        return jsd_mi_local(self.global_encoder(global_features), self.local_encoder(local_features))
+        if self.discriminator == "dot":
+            return jsd_mi_local(self.global_encoder(global_features), self.local_encoder(local_features),
+                                self.negatives)
+        return jsd_mi(*self.local_discriminator(global_features, local_features, self.negatives))
+
+    def global_mi(self, global_features: torch.Tensor, local_features: torch.Tensor) -> torch.Tensor:
+        """JSD estimate of the global MI between y (B, d) and the whole map M (needs alpha > 0)."""
+        return jsd_mi(*self.global_discriminator(global_features, local_features, self.negatives))
 
     def prior_loss(self, global_features: torch.Tensor, prior_samples: torch.Tensor | None = None) -> torch.Tensor:
         """D's cross-entropy E_v[sp(-D(v))] + E_y[sp(D(y))] (logit form), y through gradient reversal.
@@ -191,11 +302,10 @@ class DIMHeads(nn.Module):
         local_features: torch.Tensor,
         prior_samples: torch.Tensor | None = None,
     ) -> DIMOutput:
-        """Return DIMOutput(loss = -beta * local_mi + gamma * prior, local_mi, prior)."""
-        mi = self.local_mi(global_features, local_features)
-        if self.gamma > 0:
-            prior = self.prior_loss(global_features, prior_samples)
-        else:
-            prior = mi.new_zeros(())
-        loss = -self.beta * mi + self.gamma * prior
-        return DIMOutput(loss, mi, prior)
+        """Return DIMOutput(loss = -beta * local_mi - alpha * global_mi + gamma * prior, parts...)."""
+        zero = global_features.new_zeros((), dtype=torch.float32)
+        mi = self.local_mi(global_features, local_features) if self.beta > 0 else zero
+        gmi = self.global_mi(global_features, local_features) if self.alpha > 0 else zero
+        prior = self.prior_loss(global_features, prior_samples) if self.gamma > 0 else zero
+        loss = -self.beta * mi - self.alpha * gmi + self.gamma * prior
+        return DIMOutput(loss, mi, prior, gmi)
