@@ -112,7 +112,9 @@ class RCL(TwoViewMethod):
     Criteria: `online` = `relssl.cluster.OnlineHierarchy` (DBSCAN after warm-up, refined every
     step from the batch's keys), or the offline ablations `kmeans` / `dbscan` recomputed on all
     keys at every epoch start (Table 4). Column 0 of the clustering is the instance level; the
-    criteria are columns 1..L-1 (plus column 0 with `instance_criterion`).
+    criteria are columns 1..L-1 (plus column 0 with `instance_criterion`). DBSCAN's radii follow
+    `radii_rule`: adaptive ones are read off the keys being clustered (`relssl.cluster.radii`).
+    `diagnostics()` reports per level: clusters, largest cluster, radius, positive and queue shares.
     """
 
     metric_names = ("positive_rate", "clusters_top")

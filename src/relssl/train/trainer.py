@@ -273,7 +273,7 @@ class Trainer:
             return
         if self.log is not None:
             self.log(f"epoch {epoch} (step {self.state.global_step}) diagnostics: "
-                     + " ".join(f"{k}={v:.4g}" for k, v in values.items()))
+                     + " ".join(f"{k}={v:.6g}" for k, v in values.items()))
         write_text(self._output_dir() / "diagnostics.csv", diagnostics_csv(self.state.diagnostics))
 
     @property
