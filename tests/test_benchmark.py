@@ -305,8 +305,8 @@ def test_shipped_grids_parse(tmp_path):
     assert table1.paper["relational"]["cifar100"] == (46.17, 0.17)
     assert table1.paper["random"]["stl10-finetune"] is None
     smoke = load_grid(REPO / "configs/benchmarks/table1_smoke_cifar10.yaml", "smoke", env)
-    assert [c.labels["method"] for c in smoke.cells()] == [
-        "supervised", "random", "deepcluster", "rotnet", "dim", "simclr", "relational"]
+    methods = ["supervised", "random", "deepcluster", "rotnet", "dim", "simclr", "relational"]
+    assert [(c.labels["method"], c.seed) for c in smoke.cells()] == [(m, s) for m in methods for s in (0, 1, 2)]
     assert smoke.cells()[-1].overrides["data.root"] == str(tmp_path)
     with pytest.raises(GridError, match="RELSSL_CIFAR10 is not set"):
         load_grid(REPO / "configs/benchmarks/table1_smoke_cifar10.yaml", "smoke", {})
