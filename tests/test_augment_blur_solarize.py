@@ -328,3 +328,24 @@ def test_streaming_training_blurs_and_solarises_the_workers_crops(
         assert params.blur[:4].all() and not params.solarize[:4].any()  # view 1: blur 1.0, solarise 0
         # The ops see the rows regrouped by jitter order: the same flags, permuted.
         assert int(blur_mask.sum()) == int(params.blur.sum()) and int(solarize_mask.sum()) == int(params.solarize.sum())
+
+
+def test_a_recipe_list_longer_than_the_views_applies_its_first_entries() -> None:
+    """RotNet, DIM and the supervised bound make one view: the byol recipe's view 1 applies to it."""
+    cfg = AugmentConfig(recipe="byol")
+    cfg.check_views(1)  # exempt: the recipe's own lists
+    views = ViewAugment(cfg)(uint8_images(64, 8, 8), 1, gen())
+    assert views.shape == (64, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"augment\.blur_p has 2 entries"):
+        AugmentConfig(recipe="byol", blur_p=[1.0, 0.5]).check_views(1)  # given explicitly: refused
+
+
+def test_the_trainer_refuses_a_per_view_list_longer_than_the_views_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--method", "rotnet", "--epochs", "1", "--batch-size", "32", "--no-progress",
+            "--runs-dir", str(tmp_path), "--set", "eval.linear=false", "--set", "augment.blur_p=[1.0,0.1]"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "augment.blur_p has 2 entries but the method makes 1 view(s)" in err
+    assert not list(tmp_path.rglob("train_log.csv"))  # refused before the first step

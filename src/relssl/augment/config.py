@@ -204,10 +204,14 @@ class AugmentConfig(Section):
         return max(self.solarize_p) > 0.0
 
     def check_views(self, k: int) -> None:
-        """Raise a ValueError if a per-view list has more entries than the ``k`` views (some would never apply)."""
+        """Raise a ValueError if a per-view list given explicitly has more entries than the ``k`` views.
+
+        A recipe's own lists are exempt: with one view (RotNet, DIM, supervised) only their first
+        entry applies, which is the recipe's view 1.
+        """
         for name in ("blur_p", "solarize_p"):
             probs = getattr(self, name)
-            if len(probs) > k:
+            if len(probs) > k and probs != tuple(RECIPES[self.recipe].get(name, ())):
                 raise ValueError(f"augment.{name} has {len(probs)} entries but the method makes {k} view(s) per "
                                  f"image; give at most {k} (entry v applies to views v, v + {len(probs)}, ...)")
 

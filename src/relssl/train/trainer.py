@@ -71,6 +71,10 @@ class Trainer:
         stream: StreamLoader | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        try:  # a per-view augmentation list longer than the method's views: refused before any work
+            augment_config.check_views(method.num_views)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         self.config = config
         self.log = log  # where the per-epoch diagnostics line goes (rank 0); None: nowhere
         self.device = device
