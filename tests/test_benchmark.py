@@ -1,7 +1,9 @@
 """Benchmark harness: grid parsing and expansion, resume skipping with a fake runner, reports."""
 
 import csv
+import fcntl
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -206,6 +208,35 @@ def test_resume_skips_finished_cells(tmp_path):
     run_benchmark(grid, out, runner=third, echo=lambda s: None)
     assert sorted(third.calls) == ["relational_2-seed0", "relational_k8-seed2"]
     assert (out / "toy/paper/relational_2-seed0.incomplete/config.yaml").is_file()
+
+
+def test_a_cell_another_process_is_running_is_neither_moved_nor_resumed(tmp_path):
+    """Two benchmarks on one grid: the second leaves the first's live run folders alone (it once moved one aside)."""
+    grid = _grid(tmp_path, "paper")
+    out = tmp_path / "out"
+    run_benchmark(grid, out, runner=FakeRunner(), echo=lambda s: None)
+    live, stopped = out / "toy/paper/relational_2-seed0", out / "toy/paper/relational_k8-seed2"
+    (live / "metrics.json").unlink()  # no checkpoint yet: a restart
+    (stopped / "metrics.json").write_text(json.dumps({"finished": False}))
+    (stopped / "last.pt").write_bytes(b"")  # a resume
+    holders = []
+    for run_dir in (live, stopped):  # the other process's lock: its own open file, so flock conflicts
+        fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.pwrite(fd, b"4242\n", 0)
+        holders.append(fd)
+    try:
+        runner, lines = FakeRunner(), []
+        result = run_benchmark(grid, out, runner=runner, echo=lines.append)
+    finally:
+        for fd in holders:
+            os.close(fd)
+    assert runner.calls == [] and sorted(result.failed) == ["relational_2-seed0", "relational_k8-seed2"]
+    assert live.is_dir() and not list(live.parent.glob("*.incomplete*"))
+    assert any("relational_2-seed0: skipped: run directory" in line and "pid 4242" in line for line in lines)
+    again = FakeRunner()  # the other process gone: the cells run
+    run_benchmark(grid, out, runner=again, echo=lambda s: None)
+    assert sorted(again.calls) == ["relational_2-seed0", "relational_k8-seed2"]
 
 
 def test_finished_run_with_another_config_stops_before_running(tmp_path):

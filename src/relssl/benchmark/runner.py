@@ -27,6 +27,7 @@ from relssl.dicts import flatten
 from relssl.errors import CheckpointError, ConfigError
 from relssl.train.checkpoint import load_checkpoint
 from relssl.train.config import RunConfig, build_config
+from relssl.train.lock import RunDirLock
 from relssl.train.run import run_training
 
 Log = Callable[[str], None]
@@ -193,6 +194,17 @@ def train_cell(config: RunConfig, run_dir: Path, log: Log) -> dict[str, Any]:
     return metrics
 
 
+def _in_use(run_dir: Path) -> str | None:
+    """The lock's message when another process holds `run_dir`'s run lock, else None (also for a new cell)."""
+    if not run_dir.is_dir():
+        return None
+    try:
+        with RunDirLock(run_dir):
+            return None
+    except ConfigError as err:
+        return str(err)
+
+
 def move_aside(run_dir: Path) -> Path:
     """Rename a run folder that has nothing to resume to `<name>.incomplete[-n]`; return the new path."""
     target = run_dir.with_name(run_dir.name + ".incomplete")
@@ -229,6 +241,12 @@ def run_benchmark(grid: Grid, output_root: str | Path, *, runner: Runner = train
         for i, pc in enumerate(bar, 1):
             assert pc.config is not None
             bar.set_postfix_str(pc.name)
+            busy = _in_use(pc.run_dir)
+            if busy:  # another benchmark or `relssl train` is writing there: never move or resume it
+                result.failed.append(pc.name)
+                pc.error = busy
+                say(f"[{i}/{len(todo)}] {pc.name}: skipped: {busy}")
+                continue
             if pc.state == "restart":
                 moved = move_aside(pc.run_dir)
                 say(f"{pc.name}: {pc.run_dir} had nothing to resume; moved to {moved.name}")
