@@ -271,4 +271,4 @@ def test_semi_supervised_grid_runs_four_label_fractions_with_three_seeds(tmp_pat
         assert cfg is not None
         assert cfg.relational.labelled_fraction == fractions[run.split("_")[0]], run
         assert cfg.relational.label_positives == "explicit" and cfg.relational.k == 4
-        assert cfg.train.max_steps == 500 and cfg.seed == int(run[-1])
+        assert cfg.train.max_steps == 2000 and cfg.seed == int(run[-1])
