@@ -61,3 +61,31 @@ def test_an_empty_checkpoint_is_a_one_line_error(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert err.startswith(f"relssl train: error: cannot load checkpoint {tmp_path / 'last.pt'} safely (")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("method", "key", "earlier"), [
+    ("nnclr", "softmax_over", "neighbours"),
+    ("simsiam", "last_bn_affine", True),
+    ("mocov3", "predictor_last_bn", False),
+    ("dim", "local_layer", "last"),
+    ("relational", "label_positives", "flip"),
+])
+def test_a_saved_config_that_predates_an_option_keeps_the_earlier_behaviour(method: str, key: str, earlier) -> None:
+    """Issue 12 changed these defaults; a checkpoint saved before the option existed resumes as it was trained."""
+    saved = build_config({"method": method}).to_dict()
+    today = saved[method][key]
+    assert today != earlier
+    del saved[method][key]
+    saved[method].pop("label_balance", None)  # added with label_positives
+    assert getattr(getattr(build_config(saved, check_other_methods=False), method), key) == earlier
+    assert getattr(getattr(build_config(saved), method), key) == today  # a new run's tree: today's default
+    saved[method][key] = today  # written today: kept as saved
+    assert getattr(getattr(build_config(saved, check_other_methods=False), method), key) == today
+
+
+def test_a_saved_flip_run_config_reads_back() -> None:
+    """Its saved section holds label_balance's default, which must not count as setting it."""
+    saved = build_config({"method": "relational", "relational": {"label_positives": "flip"}}).to_dict()
+    assert build_config(saved, check_other_methods=False).relational.label_positives == "flip"
+    with pytest.raises(ConfigError, match="label_balance': 'negatives' applies to label_positives 'explicit' only"):
+        build_config({"method": "relational", "relational": {"label_positives": "flip", "label_balance": "negatives"}})

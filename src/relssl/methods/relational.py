@@ -61,8 +61,9 @@ class RelationalConfig(Section):
 
     @model_validator(mode="after")
     def _balance_needs_explicit(self) -> RelationalConfig:
-        if "label_balance" in self.model_fields_set and self.label_positives != "explicit":
-            raise ValueError("relational.label_balance applies to label_positives 'explicit' only")
+        # a saved flip run's config holds the default balance, so only the non-default one is refused
+        if self.label_balance != "weight" and self.label_positives != "explicit":
+            raise ValueError("relational.label_balance: 'negatives' applies to label_positives 'explicit' only")
         return self
 
 

@@ -126,14 +126,38 @@ def _check_other_sections(tree: dict[str, Any], method: str) -> None:
         validate_section(section, value, prefix=key)
 
 
+# Options whose default changed the computation (issue 12), with the value that reproduces a run
+# saved before they existed. A saved config holds every field of its method's section, so one that
+# lacks such a key was written earlier and meant the earlier behaviour.
+EARLIER_BEHAVIOUR: dict[str, dict[str, Any]] = {
+    "nnclr": {"softmax_over": "neighbours"},
+    "simsiam": {"last_bn_affine": True},
+    "mocov3": {"predictor_last_bn": False, "last_bn_affine": True},
+    "dim": {"local_layer": "last", "discriminator": "dot", "negatives": "all", "global_weight": 0.0},
+    "relational": {"label_positives": "flip"},
+}
+
+
+def _fill_earlier_behaviour(tree: dict[str, Any]) -> None:
+    """Give a saved config's method section the earlier value of every option it predates."""
+    method = tree.get("method", DEFAULT_METHOD)
+    section = tree.get(method)
+    if isinstance(method, str) and isinstance(section, dict):
+        for key, value in EARLIER_BEHAVIOUR.get(method, {}).items():
+            section.setdefault(key, value)
+
+
 def build_config(tree: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None, *,
                  check_other_methods: bool = True) -> RunConfig:
     """Validate a nested dictionary plus dotted overrides into the RunConfig of the method they name.
 
-    `check_other_methods=False` drops other methods' sections unchecked (a saved config, whose
-    foreign sections may predate today's fields).
+    `check_other_methods=False` reads a saved config: other methods' sections are dropped
+    unchecked (they may predate today's fields), and options its own section predates take their
+    earlier behaviour (`EARLIER_BEHAVIOUR`), so an older checkpoint resumes as it was trained.
     """
     merged: dict[str, Any] = deep_copy(tree or {})
+    if not check_other_methods:
+        _fill_earlier_behaviour(merged)
     for key, value in (overrides or {}).items():
         set_dotted(merged, key, value)
     method = merged.get("method", DEFAULT_METHOD)
