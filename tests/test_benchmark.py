@@ -335,6 +335,10 @@ def test_shipped_grids_parse(tmp_path):
     assert len(table1.cells()) == (7 * 6 - 1) * 3
     assert table1.paper["relational"]["cifar100"] == (46.17, 0.17)
     assert table1.paper["random"]["stl10-finetune"] is None
+    clusters = {c.labels["protocol"]: c.overrides.get("deepcluster.num_clusters")
+                for c in table1.cells() if c.labels["method"] == "deepcluster"}
+    assert clusters == {"cifar100": 1000, "tiny-imagenet": 2000, "c10-c100": None, "c100-c10": 1000,
+                        "cifar100-20": 1000, "stl10-finetune": None}  # 10 x the pretraining classes (reference code)
     smoke = load_grid(REPO / "configs/benchmarks/table1_smoke_cifar10.yaml", "smoke", env)
     methods = ["supervised", "random", "deepcluster", "rotnet", "dim", "simclr", "relational"]
     assert [(c.labels["method"], c.seed) for c in smoke.cells()] == [(m, s) for m in methods for s in (0, 1, 2)]
