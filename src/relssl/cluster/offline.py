@@ -11,7 +11,7 @@ r = 0.8 means cos >= 0.68 (0.7 -> 0.755, 0.6 -> 0.82).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -101,22 +101,28 @@ def dbscan_labels(x: torch.Tensor, radius: float, min_samples: int) -> torch.Ten
     return compact(labels)
 
 
+def increasing_levels(values: Sequence[float], name: str, inside: Callable[[float], bool], interval: str,
+                      unit: str, hint: str = "") -> tuple[float, ...]:
+    """Validate one float per level: non-empty, each `inside` `interval`, strictly increasing (finest first)."""
+    try:
+        levels = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a sequence of floats; got {values!r}") from None
+    if not levels:
+        raise ValueError(f"{name} must not be empty")
+    if not all(inside(v) for v in levels):
+        raise ValueError(f"{name} must lie in {interval}; got {levels}")
+    if any(b <= a for a, b in zip(levels, levels[1:])):
+        raise ValueError(f"{name} must increase from the finest level (smallest {unit}) to the coarsest; "
+                         f"got {levels}{hint}")
+    return levels
+
+
 def check_radii(radii: Sequence[float], name: str = "radii") -> tuple[float, ...]:
     """Validate DBSCAN radii: in (0, 2], increasing (finest level first)."""
-    try:
-        values = tuple(float(r) for r in radii)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a sequence of floats; got {radii!r}") from None
-    if not values:
-        raise ValueError(f"{name} must not be empty")
-    if any(not 0.0 < r <= 2.0 for r in values):
-        raise ValueError(f"{name} must lie in (0, 2] (Euclidean distance between unit vectors); got {values}")
-    if any(b <= a for a, b in zip(values, values[1:])):
-        raise ValueError(
-            f"{name} must increase from the finest level (smallest radius) to the coarsest; got {values}. "
-            "The paper lists r = 0.8/0.7/0.6 coarsest first: pass (0.6, 0.7, 0.8)"
-        )
-    return values
+    return increasing_levels(radii, name, lambda r: 0.0 < r <= 2.0,
+                             "(0, 2] (Euclidean distance between unit vectors)", "radius",
+                             ". The paper lists r = 0.8/0.7/0.6 coarsest first: pass (0.6, 0.7, 0.8)")
 
 
 def dbscan_levels(

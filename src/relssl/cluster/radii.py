@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from relssl.cluster.offline import check_radii, normalize_features
+from relssl.cluster.offline import check_radii, increasing_levels, normalize_features
 
 MAX_QUERIES = 10_000  # samples whose d_k enters the quantiles (all N serve as neighbours)
 _CHUNK = 1024  # query rows per similarity block
@@ -24,17 +24,7 @@ _CHUNK = 1024  # query rows per similarity block
 
 def check_quantiles(quantiles: Sequence[float], name: str = "quantiles") -> tuple[float, ...]:
     """Validate per-level quantiles: in (0, 1), strictly increasing (finest level first)."""
-    try:
-        values = tuple(float(q) for q in quantiles)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a sequence of floats; got {quantiles!r}") from None
-    if not values:
-        raise ValueError(f"{name} must not be empty")
-    if any(not 0.0 < q < 1.0 for q in values):
-        raise ValueError(f"{name} must lie in (0, 1); got {values}")
-    if any(b <= a for a, b in zip(values, values[1:])):
-        raise ValueError(f"{name} must increase from the finest level (smallest quantile) to the coarsest; got {values}")
-    return values
+    return increasing_levels(quantiles, name, lambda q: 0.0 < q < 1.0, "(0, 1)", "quantile")
 
 
 def query_rows(n: int, max_queries: int = MAX_QUERIES) -> torch.Tensor:
