@@ -47,12 +47,13 @@ def same_class_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return anchors, partners
 
 
-def negative_partners(labels: torch.Tensor, shifts: torch.Tensor, extra: torch.Tensor) -> tuple[
-        torch.Tensor, torch.Tensor, torch.Tensor]:
+def negative_partners(labels: torch.Tensor, shifts: torch.Tensor, extra: torch.Tensor,
+                      extra_negatives: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Augmentation pair, anchor and partner of every negative, ordered by pair c, then rank u, then anchor.
 
     Anchor a's allowed partners, in walk order (a-1, a-2, ... mod M), are the images other than a
     not labelled with a's class; for pair c the walk starts at (a - s_c) and takes 1 + extra[a] of them.
+    `extra_negatives=False` promises `extra` is all zero, so no host sync sizes the result.
     """
     m = labels.shape[0]
     device = labels.device
@@ -66,7 +67,9 @@ def negative_partners(labels: torch.Tensor, shifts: torch.Tensor, extra: torch.T
     order = torch.sort((~allowed).to(torch.uint8), dim=1, stable=True).indices
     ordered = walk.gather(1, order)  # allowed partners first, in walk order
     count = torch.minimum(1 + extra, available)
-    u = torch.arange(int(count.max().item()) if m else 0, device=device)
+    # one negative per anchor unless extra ones are asked for: then the longest list sets the width (a host sync)
+    width = int(count.max().item()) if extra_negatives and m else min(m, 1)
+    u = torch.arange(width, device=device)
     valid = (u[:, None] < count[None, :]).expand(shifts.shape[0], -1, -1)  # (C, U, M)
     rank = (start[:, None, :] + u[None, :, None]) % available.clamp(min=1)[None, None, :]
     partner = ordered[a[None, None, :].expand_as(rank), rank]
@@ -91,7 +94,7 @@ def semi_supervised_pair_index(labels: torch.Tensor, k: int, balance: Balance = 
     anchors, partners = same_class_pairs(labels)
     n_same = anchors.shape[0]
     extra = torch.bincount(anchors, minlength=m) if balance == "negatives" else torch.zeros_like(images)
-    neg_c, neg_a, neg_b = negative_partners(labels, shifts, extra)
+    neg_c, neg_a, neg_b = negative_partners(labels, shifts, extra, extra_negatives=balance == "negatives")
     c = torch.cat((c_all.repeat_interleave(m), c_all.repeat_interleave(n_same), neg_c))
     left = torch.cat((images.repeat(n_aug), anchors.repeat(n_aug), neg_a))
     right = torch.cat((images.repeat(n_aug), partners.repeat(n_aug), neg_b))

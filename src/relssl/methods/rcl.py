@@ -277,10 +277,12 @@ class RCL(TwoViewMethod):
         support = self.queue.sample_indices().to(cols.device)
         same = torch.zeros_like(pos)
         if support.numel():
-            mine = cols[query]
-            for j in range(cols.shape[1]):
-                sizes = torch.bincount(cols[support, j], minlength=self.num_images)
-                same[j] = sizes[mine[:, j]].float().mean() / support.numel()
+            # queue members per query cluster from the sorted queue labels: O(Q log Q) per criterion,
+            # no dataset-sized count array and no host sync (a bincount would allocate N and sync on CUDA)
+            ranked = cols[support].sort(dim=0).values.t().contiguous()  # (H, Q)
+            mine = cols[query].t().contiguous()  # (H, B)
+            count = torch.searchsorted(ranked, mine, right=True) - torch.searchsorted(ranked, mine)
+            same = count.float().mean(dim=1) / support.numel()
         if self._positive_sum is None or self._queue_same_sum is None:
             self._positive_sum, self._queue_same_sum = pos, same
         else:
