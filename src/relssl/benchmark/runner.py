@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm import tqdm
 
 from relssl.benchmark.cells import PlannedCell, flat_metrics, grid_dir, read_metrics
 from relssl.benchmark.formatting import format_paper, format_value
@@ -25,6 +24,7 @@ from relssl.benchmark.grid import Cell, Grid
 from relssl.benchmark.report import write_reports
 from relssl.dicts import flatten
 from relssl.errors import CheckpointError, ConfigError
+from relssl.progress import Progress
 from relssl.train.checkpoint import load_checkpoint
 from relssl.train.config import RunConfig, build_config
 from relssl.train.lock import RunDirLock
@@ -227,25 +227,26 @@ def run_benchmark(grid: Grid, output_root: str | Path, *, runner: Runner = train
     `keep_going`; a run stopped by Ctrl-C (metrics `finished: false`) stops it with
     `interrupted` set. `verbose` shows each run's own log lines and progress bars.
     """
-    say = echo or tqdm.write
     planned = plan_cells(grid, output_root, sets=sets, only=only, progress=verbose)
     check_plan(planned)
     result = BenchmarkResult(planned, grid_dir(grid, output_root))
     todo = [pc for pc in planned if pc.state in ("new", "resume", "restart")]
+    bar = Progress(len(todo), f"{grid.name} [{grid.scale}]", "cell", show=True)
+    say = echo or bar.write
     for pc in planned:
         if pc.state == "done":
             result.skipped.append(pc.name)
             say(f"skip {pc.name}: already finished ({_result_text(pc)})")
     try:
-        bar = tqdm(todo, desc=f"{grid.name} [{grid.scale}]", unit="cell", dynamic_ncols=True)
-        for i, pc in enumerate(bar, 1):
+        for i, pc in enumerate(todo, 1):
             assert pc.config is not None
-            bar.set_postfix_str(pc.name)
+            bar.set_postfix({"cell": pc.name})
             busy = _in_use(pc.run_dir)
             if busy:  # another benchmark or `relssl train` is writing there: never move or resume it
                 result.failed.append(pc.name)
                 pc.error = busy
                 say(f"[{i}/{len(todo)}] {pc.name}: skipped: {busy}")
+                bar.update()
                 continue
             if pc.state == "restart":
                 moved = move_aside(pc.run_dir)
@@ -261,6 +262,7 @@ def run_benchmark(grid: Grid, output_root: str | Path, *, runner: Runner = train
                 say(f"[{i}/{len(todo)}] {pc.name}: FAILED after {pc.seconds:.0f}s: {pc.error}")
                 if not keep_going:
                     raise
+                bar.update()
                 continue
             pc.seconds = time.perf_counter() - t0
             if not metrics.get("finished", False):
@@ -273,6 +275,7 @@ def run_benchmark(grid: Grid, output_root: str | Path, *, runner: Runner = train
             metric = pc.cell.metric
             say(f"[{i}/{len(todo)}] {pc.name}: {metric} {format_value(flat_metrics(metrics).get(metric))}"
                 f"{_paper_text(grid, pc.cell)}  ({pc.seconds:.0f}s)")
+            bar.update()
         bar.close()
     except KeyboardInterrupt:
         result.interrupted = True

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from relssl.data.resize import fit_image
 from relssl.data.workers import default_workers
 from relssl.errors import DataError, RelsslWarning
+from relssl.progress import Progress
 
 _CHUNK = 256
 _MIN_FOR_PROCESSES = 2048  # below this a pool of processes costs more than it saves
@@ -71,7 +71,7 @@ def decode_images(
     resized, example = 0, None
     pool = _make_pool(len(paths), workers or default_workers())
     try:
-        with warnings.catch_warnings(), tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+        with warnings.catch_warnings(), Progress(len(paths), desc, "img", show=progress) as bar:
             # Python >= 3.12 warns about forking a process that has threads; the children
             # only run PIL and NumPy on their own data, so the usual deadlock risk does not apply.
             warnings.filterwarnings("ignore", message=".*multi-threaded.*fork", category=DeprecationWarning)

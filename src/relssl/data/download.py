@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from relssl.data.leftovers import STALE_AFTER_S, mkstemp_pattern, remove_stale
 from relssl.data.paths import can_create_in
 from relssl.errors import DataError
+from relssl.progress import Progress
 
 __all__ = ["STALE_AFTER_S", "Archive", "check_digest", "download", "ensure_extracted", "extract", "file_digest"]
 
@@ -75,8 +74,7 @@ def download(archive: Archive, dest: Path, *, progress: bool = True) -> Path:
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(archive.url, timeout=60) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, desc=f"download {dest.name}", unit="B", unit_scale=True,
-                          disable=not progress) as bar:
+                with Progress(total, f"download {dest.name}", "B", unit_scale=True, show=progress) as bar:
                     for block in iter(lambda: response.read(_BLOCK), b""):
                         out.write(block)
                         bar.update(len(block))

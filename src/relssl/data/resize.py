@@ -6,9 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from relssl.data.workers import default_workers
+from relssl.progress import Progress
 
 _CHUNK = 1024
 
@@ -42,9 +42,7 @@ def resize_images(images: np.ndarray, size: int, *, progress: bool = False, desc
             out[i] = np.asarray(fit_image(Image.fromarray(np.ascontiguousarray(images[i])), (size, size)))
         return stop - start
 
-    with ThreadPoolExecutor(default_workers()) as pool, tqdm(
-        total=len(images), desc=desc, unit="img", disable=not progress
-    ) as bar:
+    with ThreadPoolExecutor(default_workers()) as pool, Progress(len(images), desc, "img", show=progress) as bar:
         for done in pool.map(work, range(0, len(images), _CHUNK)):
             bar.update(done)
     return out

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
-from tqdm.auto import tqdm
 
 from relssl.augment.params import CROP_TRIES, sample_crop_boxes
 from relssl.data.config import STREAM_ABOVE_GIB, DataConfig
@@ -37,6 +36,7 @@ from relssl.data.load import load_listing
 from relssl.data.registry import dataset_spec
 from relssl.data.workers import default_workers
 from relssl.errors import DataError, RelsslWarning
+from relssl.progress import track
 
 __all__ = ["CropSettings", "StreamLoader", "make_loader", "crop_uniforms", "decode_rgb", "epoch_batches", "eval_image",
            "random_resized_crops", "stream_features", "streamed_listing"]
@@ -264,8 +264,7 @@ def stream_features(backbone: torch.nn.Module, listing: Listing, *, size: int, r
     try:
         loader = make_loader(dataset, keys, default_workers() if workers is None else workers, device, 2)
         row = 0
-        for views, _, _, skipped, errors in tqdm(loader, total=len(keys), desc=desc, unit="batch",
-                                                 disable=not progress):
+        for views, _, _, skipped, errors in track(loader, total=len(keys), desc=desc, unit="batch", show=progress):
             features = backbone(normalize(views.to(device))).flatten(1).float().cpu()
             bad = torch.tensor([bool(e) for e in errors])
             features[bad] = float("nan")

@@ -7,7 +7,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from relssl.progress import Progress
 
 __all__ = ["extract_features"]
 
@@ -64,7 +65,8 @@ def extract_features(
     backbone.eval()
     try:
         out: torch.Tensor | None = None
-        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, unit="batch"):
+        shown = Progress(n, desc, "img", show=progress)
+        for start in range(0, n, batch_size):
             chunk = images[start : start + batch_size]
             if isinstance(chunk, np.ndarray):
                 chunk = torch.from_numpy(np.array(chunk, dtype=np.uint8))  # copy: reads only this slice of a memmap
@@ -77,6 +79,8 @@ def extract_features(
             if out is None:
                 out = torch.empty(n, features.shape[1], dtype=torch.float32)
             out[start : start + features.shape[0]].copy_(features)
+            shown.update(features.shape[0])
+        shown.close()
         assert out is not None
         return out
     finally:

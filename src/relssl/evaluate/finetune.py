@@ -8,13 +8,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from relssl.augment import AugmentConfig, ViewAugment, to_normalized
 from relssl.errors import ConfigError
 from relssl.evaluate.config import FinetuneConfig
 from relssl.evaluate.metrics import topk_accuracy
 from relssl.models.backbone import feature_dim
+from relssl.progress import track
 
 
 def finetune(
@@ -58,7 +58,7 @@ def finetune(
     images = torch.from_numpy(np.array(train_images, copy=True))
     labels = torch.from_numpy(train_labels)
     steps = len(images) // settings.batch_size
-    for _ in tqdm(range(settings.epochs), desc="finetune", unit="epoch", disable=not progress):
+    for _ in track(range(settings.epochs), desc="finetune", unit="epoch", show=progress):
         model.train()
         classifier.train()
         order = torch.randperm(len(images), generator=gen)[: steps * settings.batch_size].view(steps, -1)

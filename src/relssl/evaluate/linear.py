@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from relssl.evaluate.config import LinearEvalConfig
 from relssl.evaluate.metrics import topk_correct
 from relssl.optim import lars, lr_factor
+from relssl.progress import Progress
 
 __all__ = ["LinearEvalConfig", "LinearEvalResult", "cosine_lr", "linear_evaluation"]
 
@@ -188,8 +188,8 @@ def linear_evaluation(
     total_steps = config.epochs * math.ceil(n / config.batch_size)
     step = 0
 
-    epochs = tqdm(range(config.epochs), desc="linear eval", disable=not progress, unit="epoch")
-    for _ in epochs:
+    shown = Progress(config.epochs, "linear eval", "epoch", show=progress)
+    for _ in range(config.epochs):
         order = torch.randperm(n, generator=generator).to(device)
         loss_sum = torch.zeros((), device=device) if progress else None
         for start in range(0, n, config.batch_size):
@@ -204,7 +204,9 @@ def linear_evaluation(
             if loss_sum is not None:
                 loss_sum += (logits.logsumexp(dim=1) - logits.gather(1, y[:, None]).squeeze(1)).sum()
         if loss_sum is not None:
-            epochs.set_postfix(loss=f"{loss_sum.item() / n:.4f}")
+            shown.set_postfix({"loss": f"{loss_sum.item() / n:.4f}"})
+        shown.update()
+    shown.close()
 
     ks = (1, 5) if config.top5_reported(num_classes) else (1,)
     test_correct = _count_correct(weight, bias, test_x, test_y, ks)

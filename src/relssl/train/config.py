@@ -3,7 +3,7 @@
     config = build_config(yaml_tree, {"optim.lr": 3e-4})
 
 `RunConfig` holds `method`, `seed`, the `data`, `backbone`, `finetune`, `augment`, `optim`,
-`train` and `eval` sections, and one section named after the method (e.g. `relational`) whose
+`train`, `eval` and `log` sections, and one section named after the method (e.g. `relational`) whose
 model the method registered. Sections of other registered methods may appear in a tree (a grid's
 base, an older checkpoint that carried every method's section): they are validated when given
 by the user and then left out, so a run's config holds only what it runs.
@@ -25,12 +25,13 @@ from relssl.evaluate import EvalConfig, FinetuneConfig
 from relssl.methods import METHODS
 from relssl.models import BackboneConfig
 from relssl.optim import OptimConfig
+from relssl.train.tracking import LogConfig
 
 __all__ = ["DEFAULT_METHOD", "RunConfig", "TrainConfig", "build_config", "run_config_class", "run_sections"]
 
 DEFAULT_METHOD = "relational"
 #: Sections every run has, in the order a config file lists them; the method's own follows `backbone`.
-RUN_SECTIONS = ("method", "seed", "data", "backbone", "finetune", "augment", "optim", "train", "eval")
+RUN_SECTIONS = ("method", "seed", "data", "backbone", "finetune", "augment", "optim", "train", "eval", "log")
 
 
 class TrainConfig(Section):
@@ -72,6 +73,7 @@ class RunConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)  # optional trackers; a saved config without it gets the defaults
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

@@ -30,7 +30,9 @@ from relssl.train.eval_target import check_eval_splits, eval_target
 from relssl.train.inputs import open_training_inputs
 from relssl.train.lock import RunDirLock
 from relssl.train.setup import create_run_dir, seed_everything, write_config, write_json
+from relssl.train.tracking import check_trackers
 from relssl.train.trainer import Trainer
+from relssl.train.watch import plot_losses, track_metrics, watch_training
 
 __all__ = ["build_backbone", "build_method", "compare_random_enabled", "run_training"]
 
@@ -139,6 +141,7 @@ def run_training(config: RunConfig, checkpoint: dict[str, Any] | None = None, ru
             return run_dir, metrics
         if config.eval.linear:
             metrics.update(_evaluate(config, trainer, aug_cfg, device, run_dir, log))
+        track_metrics(trainer, metrics)
         write_json(metrics, run_dir / "metrics.json")
         log(f"metrics: {run_dir / 'metrics.json'}")
         return run_dir, metrics
@@ -157,6 +160,7 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
         assert run_dir is not None
         resumed_dir = run_dir
         _on_main(lambda: _lock(held, resumed_dir))
+    check_trackers(config.log)  # a tracker's missing package fails before any work
     seed_everything(config.seed)
 
     data = config.data
@@ -193,8 +197,10 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
     log(f"run directory: {run_dir}")
     if resuming:
         log(f"resumed at epoch {trainer.state.epoch}, step {trainer.state.global_step}/{trainer.total_steps}")
+    _on_main(lambda: watch_training(config, trainer, aug_cfg, device, log, held))  # kNN monitor, trackers
     t0 = time.perf_counter()
     state = trainer.fit()
+    plot_losses(run_dir, log)  # loss.png, also for a stopped run
     metrics: dict[str, Any] = {
         "method": config.method, "dataset": data.dataset, "backbone": config.backbone.name,
         "seed": config.seed, "train_steps": state.global_step, "train_epochs_completed": state.epoch,
@@ -202,6 +208,8 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
     }
     if state.diagnostics:  # Method.diagnostics per epoch (docs/methods/rcl.md): the last, and all
         metrics["diagnostics"] = {"last": state.diagnostics[-1], "per_epoch": state.diagnostics}
+    if state.monitor:  # the kNN monitor's history (eval.monitor_every), also in RUN/monitor.csv
+        metrics["monitor"] = state.monitor
     if isinstance(trainer.stream, StreamLoader):  # unreadable images replaced this session, all ranks
         metrics["data_skipped_images"] = sum(all_gather_objects(trainer.stream.skipped))
     if not trainer.finished:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,11 +12,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from relssl.augment import AugmentConfig, ViewAugment, to_normalized
 from relssl.data.stream import StreamLoader, stream_features
-from relssl.distributed import all_gather_objects, all_reduce_max, is_distributed, is_main, rank, world_size
+from relssl.distributed import (
+    all_gather_objects,
+    all_reduce_max,
+    broadcast_object,
+    is_distributed,
+    is_main,
+    rank,
+    world_size,
+)
 from relssl.errors import CheckpointError, ConfigError
 from relssl.methods import EpochContext, Method
 from relssl.optim import build_optimizer, build_scheduler
@@ -25,8 +31,11 @@ from relssl.train.batches import BatchStream
 from relssl.train.checkpoint import CHECKPOINT_FORMAT, save_backbone_safetensors, save_checkpoint, write_text
 from relssl.train.config import RunConfig
 from relssl.train.logger import StepLog
+from relssl.train.monitor import KnnMonitor, monitor_csv, monitor_due
 from relssl.train.parallel import augment_seed, convert_sync_batchnorm, wrap_ddp
 from relssl.train.signals import StopRequest
+from relssl.train.step_progress import StepProgress
+from relssl.train.tracking import Trackers
 
 
 @dataclass
@@ -39,6 +48,8 @@ class TrainState:
     elapsed: float = 0.0  # seconds of training so far, across resumes
     # Method.diagnostics() at each epoch end: {"epoch", "step", name: value, ...}; empty for most methods.
     diagnostics: list[dict[str, float]] = field(default_factory=list)
+    # The kNN monitor's measurements: {"epoch" (completed epochs), "step", "knn_top1"}; empty when it is off.
+    monitor: list[dict[str, float]] = field(default_factory=list)
 
 
 def autocast_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -56,6 +67,9 @@ class Trainer:
     its slice of the global batch under DistributedDataParallel; every rank computes the same
     schedule, only rank 0 writes the log and checkpoints, and a stop (Ctrl-C, SIGTERM) is agreed
     on by all ranks at the next log flush.
+
+    `monitor` (rank 0; eval.monitor_every) and `trackers` (rank 0; the `log` section) are set by the
+    run once its directory exists; without them the trainer measures and reports nothing extra.
     """
 
     def __init__(
@@ -79,6 +93,9 @@ class Trainer:
         self.log = log  # where the per-epoch diagnostics line goes (rank 0); None: nowhere
         self.device = device
         self.run_dir = run_dir
+        self.monitor: KnnMonitor | None = None
+        self.trackers: Trackers | None = None
+        self._tracked_step = -1  # the last step whose training metrics went to the trackers
         self.k = method.num_views
         self.images = images
         self.channels_last = config.train.channels_last == "on" or (
@@ -216,11 +233,12 @@ class Trainer:
         columns = ["loss", *self.method.metric_names]
         log_path = self._output_dir() / "train_log.csv" if is_main() else None
         log = StepLog(log_path, columns, resume_step=self.state.global_step)  # a resume drops rows past its step
-        bar = tqdm(
-            total=self.total_steps, initial=self.state.global_step, desc="train", unit="step",
-            disable=not cfg.progress or not is_main(), dynamic_ncols=True,
-            mininterval=0.2 if sys.stderr.isatty() else 15.0,  # keep logs of non-interactive runs short
-        )
+        # --no-progress (train.progress=false): plain lines even on a terminal; other ranks show nothing
+        bar = StepProgress(self.total_steps, self.state.global_step, batch_size=cfg.batch_size,
+                           steps_per_epoch=self.stream.steps_per_epoch,
+                           show=(True if cfg.progress else "lines") if is_main() else False)
+        if is_main() and self.monitor is not None:  # a resume drops measurements past its checkpoint
+            write_text(self._output_dir() / "monitor.csv", monitor_csv(self.state.monitor))
         self.method.train()
         started = time.perf_counter() - self.state.elapsed
         stopping = False
@@ -237,10 +255,10 @@ class Trainer:
                         self.state.global_step += 1
                         self.state.elapsed = time.perf_counter() - started
                         log.add(self.state.global_step, epoch, self.state.elapsed, metrics)
-                        bar.update(1)
+                        bar.update()
                         flushed = self.state.global_step % cfg.log_every == 0
                         if flushed:
-                            bar.set_postfix({k: f"{v:.4g}" for k, v in log.flush().items()})
+                            self._flushed(log.flush(), bar)
                         if cfg.checkpoint_every_steps and self.state.global_step % cfg.checkpoint_every_steps == 0:
                             log.flush()  # never checkpoint a state whose loss was not checked
                             self.save()
@@ -250,14 +268,16 @@ class Trainer:
                     if self.state.step_in_epoch >= self.stream.steps_per_epoch:
                         self.state.epoch += 1
                         self.state.step_in_epoch = 0
-                        log.flush()
+                        self._flushed(log.flush(), bar)
                         self._record_diagnostics(epoch)
+                        self._record_monitor(self.state.epoch)
                         if self.state.epoch % cfg.checkpoint_every == 0:
                             self.save(periodic=True)
                         stopping = stopping or self._stop_agreed(stop, True)
-                log.flush()
+                self._flushed(log.flush(), bar, final=True)
                 if self.finished and self.state.step_in_epoch > 0:  # the budget ended inside an epoch
                     self._record_diagnostics(self.state.epoch)
+                    self._record_monitor(self.state.epoch + 1)
                 self.save()
                 if stopping and is_main():
                     bar.write(f"stopped ({stop.signal_name or 'a signal on another rank'}) at step "
@@ -279,6 +299,53 @@ class Trainer:
             self.log(f"epoch {epoch} (step {self.state.global_step}) diagnostics: "
                      + " ".join(f"{k}={v:.6g}" for k, v in values.items()))
         write_text(self._output_dir() / "diagnostics.csv", diagnostics_csv(self.state.diagnostics))
+        if self.trackers is not None:
+            self.trackers.log(self.state.global_step, {f"diagnostics/{k}": v for k, v in values.items()})
+
+    def _flushed(self, values: dict[str, float], bar: StepProgress, final: bool = False) -> None:
+        """The metrics of a log flush: to the progress display and (rank 0) the trackers."""
+        step = self.state.global_step
+        bar.flushed(step, values, final=final)
+        if self.trackers is not None and values and step != self._tracked_step:
+            self._tracked_step = step
+            self.trackers.log(step, {**{f"train/{k}": v for k, v in values.items()},
+                                     "train/lr": self.optimizer.param_groups[0]["lr"]})
+
+    def _record_monitor(self, epoch: int) -> None:
+        """The kNN monitor after `epoch` completed epochs, when due: rank 0 measures, every rank records it.
+
+        The other ranks wait in one broadcast for rank 0's value (or its error, raised on every rank,
+        so none is left waiting in a later collective).
+        """
+        every = self.config.eval.monitor_every
+        step = self.state.global_step
+        if not monitor_due(epoch, every, self.finished) or (self.state.monitor and self.state.monitor[-1]["step"] == step):
+            return
+        value: float | None = None
+        error: str | None = None
+        failure: Exception | None = None
+        started = time.perf_counter()
+        if is_main() and self.monitor is not None:
+            try:
+                value = self.monitor.measure(self.method.backbone)
+            except Exception as err:  # told to every rank below, then raised here as it was
+                error, failure = f"{type(err).__name__}: {err}", err
+        value, error = broadcast_object((value, error))
+        if failure is not None:
+            raise failure
+        if error is not None:
+            raise RuntimeError(f"the kNN monitor failed on rank 0 ({error})")
+        if value is None:
+            return
+        self.state.monitor.append({"epoch": epoch, "step": step, "knn_top1": value})
+        if not is_main():
+            return
+        if self.log is not None:
+            self.log(f"monitor: epoch {epoch} (step {step}) kNN top-1 {value:.2f}% "
+                     f"({time.perf_counter() - started:.1f}s)")
+        write_text(self._output_dir() / "monitor.csv", monitor_csv(self.state.monitor))
+        if self.trackers is not None:
+            self.trackers.log(step, {"monitor/knn_top1": value})
 
     @property
     def finished(self) -> bool:
