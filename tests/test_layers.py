@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("methods", ("relssl.methods.*",)),
     ("train", ("relssl.train.*",)),
     ("benchmark", ("relssl.benchmark.*",)),
+    ("report", ("relssl.report.*",)),
     ("cli", ("relssl.cli.*", "relssl.__main__")),
 )
 

@@ -14,7 +14,7 @@ import traceback
 import warnings
 
 from relssl import __version__
-from relssl.cli import benchmark, eval, train
+from relssl.cli import benchmark, eval, report, train
 from relssl.cli.plugins import load_plugins
 from relssl.errors import RelsslError, RelsslWarning
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     eval.add_parser(sub)
     benchmark.add_parser(sub)
+    report.add_parser(sub)
     return parser
 
 
