@@ -119,6 +119,9 @@ def load_eval_setup(args: argparse.Namespace, command: str = "eval") -> EvalSetu
         backbone = backbone_config.build()
         tag = f"random-init-seed{args.seed}"
     data_cfg = dict(config.get("data", {}))
+    if args.random_init and "image_size" not in data_cfg:  # a timm backbone's own image side (else the dataset's)
+        own_size = backbone_config.input_size()
+        data_cfg["image_size"] = own_size.side if own_size else None
     dataset = args.dataset or data_cfg.get("dataset") or "digits"
     root = args.data_root or (data_cfg.get("root") if dataset == data_cfg.get("dataset") else None)
     if dataset != data_cfg.get("dataset"):  # another dataset than the run's: its own streaming choice

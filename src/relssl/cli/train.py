@@ -17,7 +17,7 @@ from relssl.dicts import deep_merge
 from relssl.distributed import launch_from_env
 from relssl.errors import ConfigError
 from relssl.methods import METHODS
-from relssl.models import BACKBONES
+from relssl.models import backbone_choices
 from relssl.train.checkpoint import load_checkpoint
 from relssl.train.config import DEFAULT_METHOD, RunConfig, build_config
 from relssl.train.lock import RunDirLock
@@ -74,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="YAML file with any config keys (see configs/); repeat to layer files, later ones win, "
                    "e.g. a run config then configs/eval/linear_paper2.yaml")
     p.add_argument("--method", help=_choices(METHODS.names(), DEFAULT_METHOD))
-    p.add_argument("--backbone", help=_choices(BACKBONES.names(), "conv4"))
+    p.add_argument("--backbone", help=_choices(backbone_choices(), "conv4"))
     p.add_argument("--dataset", help=_choices(DATASETS.names(), "digits"))
     p.add_argument("--data-root", metavar="DIR", help="dataset folder (default ./data/<dataset>)")
     p.add_argument("--epochs", type=int, help="pretraining epochs (paper: 200)")

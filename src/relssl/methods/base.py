@@ -66,6 +66,7 @@ class Method(nn.Module):
     name: ClassVar[str] = "method"  # set by @register_method
     metric_names: ClassVar[tuple[str, ...]] = ()  # per-step metrics logged beside the loss
     needs_labels: ClassVar[bool] = False  # True: every training image must be labelled
+    needs_feature_maps: ClassVar[bool] = False  # True: more than pooled features (refuses e.g. timm backbones)
 
     def __init__(self, backbone: nn.Module, num_views: int = 1) -> None:
         super().__init__()

@@ -50,6 +50,7 @@ class DeepInfoMax(Method):
     """
 
     metric_names = ("local_mi", "global_mi", "prior")
+    needs_feature_maps = True  # forward_with_local: checked against the backbone at config time
 
     def __init__(self, backbone: nn.Module, config: DIMConfig | None = None) -> None:
         super().__init__(backbone, num_views=1)

@@ -8,7 +8,8 @@ from pydantic import field_validator, model_validator
 from torch import nn
 
 from relssl.config import Section
-from relssl.models.registry import BACKBONES, backbone_options, create_backbone
+from relssl.errors import ConfigError
+from relssl.models.registry import BackboneSpec, InputSize, backbone_options, backbone_spec, create_backbone
 
 __all__ = ["BackboneConfig"]
 
@@ -16,7 +17,7 @@ __all__ = ["BackboneConfig"]
 class BackboneConfig(Section):
     """Backbone name and options (the keyword options of its registered factory, see relssl.models)."""
 
-    name: str = "conv4"
+    name: str = "conv4"  # a registered name, or timm:<name> for any timm model (relssl.models.timm_backbone)
     cifar_stem: bool | None = None  # only for backbones with that option (resnet18/34/50); None: its default
     options: dict[str, Any] = {}  # any other option of the backbone, e.g. {pooling: max} for conv4
     sync_bn: bool = False  # several GPU processes: BatchNorm statistics over the global batch (SyncBatchNorm)
@@ -24,9 +25,20 @@ class BackboneConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_backbone(cls, name: str) -> str:
-        if name not in BACKBONES:
-            raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES.names())}")
+        try:
+            backbone_spec(name)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
         return name
+
+    def spec(self) -> BackboneSpec:
+        """The registry entry of this backbone."""
+        return backbone_spec(self.name)
+
+    def input_size(self) -> InputSize | None:
+        """The image size the backbone declares with these options (timm's), None when any size does."""
+        spec = self.spec()
+        return None if spec.input_size is None else spec.input_size(self.create_kwargs())
 
     def create_kwargs(self) -> dict[str, Any]:
         """Keyword options for create_backbone, leaving out unset ones."""

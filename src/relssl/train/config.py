@@ -25,6 +25,7 @@ from relssl.evaluate import EvalConfig, FinetuneConfig
 from relssl.methods import METHODS
 from relssl.models import BackboneConfig
 from relssl.optim import OptimConfig
+from relssl.train.backbone_fit import fitted_image_size
 from relssl.train.tracking import LogConfig
 
 __all__ = ["DEFAULT_METHOD", "RunConfig", "TrainConfig", "build_config", "run_config_class", "run_sections"]
@@ -83,6 +84,9 @@ class RunConfig(Section):
             raise ValueError("data.root: the imagefolder dataset needs --data-root DIR")
         if self.eval.dataset == "imagefolder" and not self.eval.root:
             raise ValueError("eval.root: evaluating on imagefolder needs eval.root DIR")
+        image_size = fitted_image_size(self.method, self.backbone, self.data, self.augment)
+        if image_size != self.data.image_size:  # a timm backbone's own size (relssl.train.backbone_fit)
+            self.data.image_size = image_size
         return self
 
     @property

@@ -11,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from relssl.distributed import is_distributed, rank, world_size
 from relssl.errors import ConfigError
+from relssl.models.sync_bn import sync_batchnorm
 
 __all__ = ["augment_seed", "convert_sync_batchnorm", "wrap_ddp"]
 
@@ -22,9 +23,7 @@ def convert_sync_batchnorm(model: ModuleT, device: torch.device) -> ModuleT:
     if device.type != "cuda":
         raise ConfigError("backbone.sync_bn=true needs CUDA devices (SyncBatchNorm does not run on the CPU); "
                           "drop it, or run on GPUs")
-    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the same root module, children swapped
-    assert converted is model
-    return model
+    return sync_batchnorm(model)  # the same root module, children swapped (timm's fused BN + act kept)
 
 
 def _no_buffer_sync() -> dict[str, Any]:
