@@ -19,6 +19,7 @@ from relssl.cli import main
 from relssl.report import read_run, write_report
 from relssl.report.charts import LOSS_COLOR, MONITOR_COLOR, smooth
 from relssl.report.summary import evaluation_rows, other_metrics
+from relssl.train.monitor import monitor_csv
 from relssl.train.trainer import diagnostics_csv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,12 +35,13 @@ def _hex_rgb(color: str) -> tuple[int, int, int]:
 
 @pytest.fixture
 def full_run(digits_run: Path) -> Path:
-    """The session's digits run with the files other commands add: monitor.csv, diagnostics.csv, retrieval.png."""
-    rows = "".join(f"{e},{s},{v}\n" for e, s, v in MONITOR)
-    (digits_run / "monitor.csv").write_text("epoch,step,knn_top1\n" + rows)
+    """The session's digits run with the files other settings and commands add: monitor.csv, diagnostics.csv,
+    retrieval.png, and random-init scores."""
+    monitor = [{"epoch": e, "step": s, "knn_top1": v} for e, s, v in MONITOR]
+    (digits_run / "monitor.csv").write_text(monitor_csv(monitor))  # the trainer's own writers, so their formats
     diagnostics = [{"epoch": e, "step": s, "clusters_l1": 900.0 - 100 * e, "clusters_l2": 500.0 - 60 * e,
                     "largest_share_l1": 0.01 * e} for e, s, _ in MONITOR]
-    (digits_run / "diagnostics.csv").write_text(diagnostics_csv(diagnostics))
+    (digits_run / "diagnostics.csv").write_text(diagnostics_csv(diagnostics))  # are the ones the report reads
     picture = np.zeros((60, 90, 3), np.uint8)
     picture[:, :] = PICTURE_RGB
     Image.fromarray(picture).save(digits_run / "retrieval.png")
@@ -180,10 +182,11 @@ def test_report_renders_in_chromium_with_its_charts(full_run, tmp_path):
     bare = _screenshot(bare_html, tmp_path / "bare.png", tmp_path / "profile-bare")
     assert full.shape == bare.shape == (2400, 1200, 3)
 
-    # not blank: many colours, and a good share of pixels neither the page's background nor the cards' white
+    # not blank: many colours (about 2,200 here; a blank page has one or two), and a share of pixels neither the
+    # page's background nor the cards' white (about 4 % here: text, rules, charts)
     colours = len(np.unique(full.reshape(-1, 3), axis=0))
     background = _near(full, (0xF4, 0xF5, 0xF7), 2) | _near(full, (255, 255, 255), 2)
-    assert colours > 300 and (~background).mean() > 0.03, (colours, (~background).mean())
+    assert colours > 300 and (~background).mean() > 0.02, (colours, (~background).mean())
     assert len(np.unique(bare.reshape(-1, 3), axis=0)) > 20  # the chartless page still shows its text
 
     # the smoothed loss line: its colour, in the upper part of the page, drawn across the chart's width;
