@@ -93,3 +93,40 @@ def digits_run_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def digits_run(digits_run_trained: Path, tmp_path: Path) -> Path:
     """This test's own copy (`tmp_path / "r"`) of the session's digits run, as training left it."""
     return Path(shutil.copytree(digits_run_trained, tmp_path / "r"))
+
+
+def _backbone_run(folder: Path, backbone: dict, *, overrides: dict | None = None, seed: int = 0,
+                  normalization: tuple[list[float], list[float]] = ([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])) -> Path:
+    """A run directory as training leaves it (last.pt, backbone.safetensors, config.yaml), without training.
+
+    The backbone (config section `backbone`) gets seeded random weights and random BatchNorm statistics,
+    so that eval mode and every buffer matter; `overrides` are dotted config keys (e.g. augment.size).
+    """
+    import yaml
+
+    from relssl.train.checkpoint import CHECKPOINT_FORMAT, save_backbone_safetensors, save_checkpoint
+    from relssl.train.config import build_config
+
+    config = build_config({"backbone": backbone}, overrides)
+    torch.manual_seed(seed)
+    module = config.backbone.build()
+    for name, buffer in module.named_buffers():
+        if name.endswith("running_mean"):
+            buffer.normal_(0.0, 0.1)
+        elif name.endswith("running_var"):
+            buffer.uniform_(0.5, 1.5)
+    folder.mkdir(parents=True, exist_ok=True)
+    mean, std = normalization
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "config": config.to_dict(),
+                     "method": {f"backbone.{k}": v for k, v in module.state_dict().items()},
+                     "train_state": {"global_step": 1}, "normalization": {"mean": mean, "std": std}},
+                    folder / "last.pt")
+    save_backbone_safetensors(module, folder / "backbone.safetensors")
+    (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return folder
+
+
+@pytest.fixture
+def backbone_run() -> Callable[..., Path]:
+    """`backbone_run(folder, {"name": "resnet18"}, overrides={...})`: an untrained run directory (see `_backbone_run`)."""
+    return _backbone_run

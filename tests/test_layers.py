@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("evaluate", ("relssl.evaluate.*",)),
     ("methods", ("relssl.methods.*",)),
     ("train", ("relssl.train.*",)),
+    ("export", ("relssl.export.*",)),
     ("benchmark", ("relssl.benchmark.*",)),
     ("report", ("relssl.report.*",)),
     ("cli", ("relssl.cli.*", "relssl.__main__")),

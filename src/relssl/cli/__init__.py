@@ -14,7 +14,7 @@ import traceback
 import warnings
 
 from relssl import __version__
-from relssl.cli import benchmark, eval, report, train
+from relssl.cli import benchmark, embed, eval, export, report, train
 from relssl.cli.plugins import load_plugins
 from relssl.errors import RelsslError, RelsslWarning
 
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     eval.add_parser(sub)
     benchmark.add_parser(sub)
+    embed.add_parser(sub)
+    export.add_parser(sub)
     report.add_parser(sub)
     return parser
 
