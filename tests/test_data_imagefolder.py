@@ -124,11 +124,19 @@ def test_corrupt_image_is_named_with_the_process_pool(tmp_path: Path, png, monke
     assert images[:, 0, 0, 0].tolist() == list(range(33))
 
 
-def test_loose_images_next_to_class_folders_is_an_error(tmp_path: Path, png) -> None:
-    png(tmp_path / "cls" / "a.png", 1)
+def test_loose_images_next_to_sub_folders_are_all_unlabelled(tmp_path: Path, png) -> None:
+    png(tmp_path / "album" / "deeper" / "a.png", 1)
     png(tmp_path / "loose.png", 2)
+    data = load(tmp_path, "all")
+    assert data.classes == () and data.labels.tolist() == [-1, -1]
+    assert sorted(data.images[:, 0, 0, 0].tolist()) == [1, 2]
+
+
+def test_loose_images_next_to_class_folders_of_a_split_folder_is_an_error(tmp_path: Path, png) -> None:
+    png(tmp_path / "train" / "cls" / "a.png", 1)
+    png(tmp_path / "train" / "loose.png", 2)
     with pytest.raises(DataError, match="both image files"):
-        load(tmp_path, "all")
+        load(tmp_path, "train")
 
 
 def test_hidden_entries_are_skipped(tmp_path: Path, png) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from relssl.cli.learned_vs_random import comparison_lines, has_comparison
 from relssl.cli.options import RAW, parse_sets
 from relssl.config import load_yaml
 from relssl.data import DATASETS
@@ -184,7 +185,9 @@ def _report(run_dir: Path, metrics: dict[str, Any]) -> int:
         return 0  # under torchrun, rank 0 reports for all
     print(f"run directory: {run_dir}")
     protocol = metrics.get("eval_protocol", "linear")
-    if f"{protocol}_top1" in metrics:
+    if has_comparison(metrics):  # learned vs random init, raw vs standardised (the default digits run)
+        print("\n".join(comparison_lines(metrics)))
+    elif f"{protocol}_top1" in metrics:
         line = f"{protocol} top-1: learned {metrics[f'{protocol}_top1']:.2f}%"
         if f"random_init_{protocol}_top1" in metrics:
             line += f", random init {metrics[f'random_init_{protocol}_top1']:.2f}%"

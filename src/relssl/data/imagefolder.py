@@ -6,11 +6,14 @@ Shapes of `root`, checked in this order:
    `test/`), and "all" = every split folder together. Class indices are the sorted union of the
    class folder names of all split folders, so every split uses the same labels.
 2. class folders: `root/<class>/...` -> split "all" (also returned for "train"), labels by sorted name.
-3. flat: image files directly in `root` -> split "all" (also "train"), labels -1, no classes.
+3. flat: image files directly in `root` -> split "all" (also "train"), labels -1, no classes. Any
+   sub-folders next to those files are then plain folders, not classes: their images, found
+   recursively, are unlabelled too (a photo collection with some albums in folders).
 
-A split folder that holds images but no class folders is read as unlabeled. Images are found
-recursively inside class folders; names starting with "." (such as the `.relssl_cache` folder)
-are skipped; extensions .jpg .jpeg .png .bmp .webp .ppm match in any letter case.
+A split folder that holds images but no class folders is read as unlabeled; one that holds both is
+an error (split folders promise labels). Images are found recursively inside class folders; names
+starting with "." (such as the `.relssl_cache` folder) are skipped; extensions .jpg .jpeg .png .bmp
+.webp .ppm match in any letter case.
 
 Size: every image is brought to one size. With `image_size` it is image_size x image_size; without,
 it is the most common (height, width) among the images of the root (all split folders, so every
@@ -256,7 +259,12 @@ def scan(root: Path, split: str, *, reference: bool = True) -> tuple[Listing, li
             f"{root} has no train/, val/ or test/ folder, so its only split is 'all' (alias 'train'); "
             f"to get a {split} split, arrange it as {root}/train/<class>/ and {root}/{split}/<class>/."
         )
-    listing = _folder_listing("all", root, sorted(class_folders(root)), root)
+    subfolders = class_folders(root)
+    if subfolders and loose_images(root):  # shape 3 with sub-folders: no class structure
+        files = list_images(root)
+        listing = Listing("all", files, np.full(len(files), -1, dtype=np.int64), ())
+    else:
+        listing = _folder_listing("all", root, subfolders, root)
     return require_images(listing, root), None
 
 

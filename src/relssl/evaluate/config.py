@@ -106,6 +106,8 @@ class EvalConfig(LinearEvalConfig):
     protocol: Literal["linear", "finetune", "semi"] = "linear"
     label_fraction: float = Field(default=0.01, gt=0, le=1)  # semi: labelled share of every class
     subset_seed: int = Field(default=0, ge=0)  # semi: seed of the labelled subset (fixed across runs by default)
+    # label-free feature statistics (relssl.evaluate.feature_stats) on a seeded sample of this many training images
+    stats_images: int = Field(default=2048, ge=2, strict=True)
     # kNN monitor during pretraining (relssl.train.monitor): every N epochs and at the end; 0 = off (it costs
     # two feature passes over the evaluation splits each time). monitor_samples caps each split's images.
     monitor_every: int = Field(default=0, ge=0, strict=True)

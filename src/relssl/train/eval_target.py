@@ -1,4 +1,12 @@
-"""Where a run's evaluation reads (its own splits or eval.dataset), checked before the first training step."""
+"""Where a run's evaluation reads (its own splits or eval.dataset), checked before the first training step.
+
+A run is *unlabelled* when it evaluates on its own dataset at the default splits (no eval.dataset,
+data.eval_train_split or data.eval_test_split) and that dataset offers no labelled pair of splits:
+its evaluation train split has no labels at all (a folder without class sub-folders: no classes,
+every label -1), or it is a folder read whole, with no train/ and test/|val/ folders to hold a test
+split. Such a run trains, skips label-needing evaluation with one note, and reports label-free
+feature statistics only. Any other missing or unlabelled evaluation split stays an error.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,7 @@ from relssl.evaluate import eval_splits
 from relssl.train.config import RunConfig
 from relssl.train.inputs import TrainingInputs
 
-__all__ = ["EvalTarget", "check_eval_splits", "eval_target"]
+__all__ = ["EvalTarget", "check_eval_splits", "eval_target", "unlabelled_note", "unlabelled_reason"]
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,46 @@ def _split_labels(target: EvalTarget, split: str, inputs: TrainingInputs, progre
     return np.asarray(arrays.labels), arrays.num_classes
 
 
-def check_eval_splits(config: RunConfig, inputs: TrainingInputs) -> None:
-    """Before training: the evaluation splits exist and are labelled, else a ConfigError naming the key."""
+def _whole_folder(target: EvalTarget) -> bool:
+    """A file dataset whose evaluation train split is its whole folder ("all": no split folders), so no test split."""
+    spec = dataset_spec(target.dataset)
+    if spec.listing is None or "all" not in spec.splits or target.train_split == "all":
+        return False
+    return load_listing(target.dataset, target.train_split, target.root).split == "all"
+
+
+def unlabelled_reason(config: RunConfig, inputs: TrainingInputs) -> str | None:
+    """Why the run has no labelled splits to evaluate on (the module docstring's rule); None when it has them."""
+    ev, data = config.eval, config.data
+    if ev.dataset or data.eval_train_split or data.eval_test_split:
+        return None  # the user chose where to evaluate: a split without labels there is an error
+    target = eval_target(config)
+    labels, num_classes = _split_labels(target, target.train_split, inputs, config.train.progress)
+    where = f"{target.root}" if target.root else target.dataset
+    if num_classes == 0 or (labels < 0).all():
+        return f"{where} has images directly in it, not in class sub-folders, so they have no labels"
+    if _whole_folder(target):
+        return f"{where} has no train/ and test/ (or val/) folders, so there is no labelled test split"
+    return None
+
+
+def unlabelled_note(reason: str, run_dir: str) -> str:
+    """The one line an unlabelled run prints instead of evaluating: why, and how to evaluate elsewhere."""
+    return (f"note: {reason}; evaluation needs labels, so it was skipped (metrics.json has label-free feature "
+            f"statistics instead). To measure accuracy: relssl eval linear --checkpoint {run_dir} --dataset imagefolder "
+            f"--data-root DIR, with DIR/train/<class>/ and DIR/test/<class>/ (or pretrain with --set eval.dataset=NAME)")
+
+
+def check_eval_splits(config: RunConfig, inputs: TrainingInputs) -> str | None:
+    """Before training: the evaluation splits exist and are labelled, else a ConfigError naming the key.
+
+    Returns the reason an unlabelled run (module docstring) skips evaluation, or None.
+    """
     if not config.eval.linear:
-        return
+        return None
+    reason = unlabelled_reason(config, inputs)
+    if reason is not None:
+        return reason
     target = eval_target(config)
     splits = dataset_spec(target.dataset).splits
     for role, split in (("train", target.train_split), ("test", target.test_split)):
@@ -78,5 +122,4 @@ def check_eval_splits(config: RunConfig, inputs: TrainingInputs) -> None:
         if num_classes == 0 or (labels < 0).any():
             raise ConfigError(f"config key '{target.key(role)}': the {split} split of {target.dataset} has unlabelled "
                               f"images, and evaluation needs labels; choose a labelled split (or eval.linear=false)")
-
-
+    return None

@@ -26,8 +26,9 @@ from relssl.evaluate import EvalContext, FeatureCache, ScoredBackbone, evaluate_
 from relssl.methods import METHODS, Method, create_method
 from relssl.train.checkpoint import remove_stale_temp_files
 from relssl.train.config import RunConfig
-from relssl.train.eval_target import check_eval_splits, eval_target
+from relssl.train.eval_target import check_eval_splits, eval_target, unlabelled_note
 from relssl.train.inputs import open_training_inputs
+from relssl.train.label_free import label_free_metrics
 from relssl.train.lock import RunDirLock
 from relssl.train.setup import create_run_dir, seed_everything, write_config, write_json
 from relssl.train.tracking import check_trackers
@@ -139,7 +140,10 @@ def run_training(config: RunConfig, checkpoint: dict[str, Any] | None = None, ru
             stop_process_group()
         if not metrics["finished"] or not main:
             return run_dir, metrics
-        if config.eval.linear:
+        metrics.update(_feature_stats(config, trainer, aug_cfg, device, log))
+        if config.eval.linear and "eval_skipped" in metrics:  # an unlabelled run (relssl.train.eval_target)
+            log(unlabelled_note(metrics["eval_skipped"], str(run_dir)))
+        elif config.eval.linear:
             metrics.update(_evaluate(config, trainer, aug_cfg, device, run_dir, log))
         track_metrics(trainer, metrics)
         write_json(metrics, run_dir / "metrics.json")
@@ -183,7 +187,7 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
     else:
         trainer = Trainer(config, method, None, None, aug_cfg, device, log=log,
                           stream=inputs.loader(config, labels, method.num_views, device))
-    _on_main(lambda: check_eval_splits(config, inputs))
+    skipped = _on_main(lambda: check_eval_splits(config, inputs))  # why an unlabelled run skips evaluation
     # The run directory appears (or, resumed, changes) only once everything above has validated,
     # so a bad start leaves nothing behind. Rank 0 writes and tells the others the name.
     if resuming:
@@ -206,6 +210,8 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
         "seed": config.seed, "train_steps": state.global_step, "train_epochs_completed": state.epoch,
         "train_seconds": round(state.elapsed, 2), "finished": trainer.finished,
     }
+    if skipped:
+        metrics["eval_skipped"] = skipped
     if state.diagnostics:  # Method.diagnostics per epoch (docs/methods/rcl.md): the last, and all
         metrics["diagnostics"] = {"last": state.diagnostics[-1], "per_epoch": state.diagnostics}
     if state.monitor:  # the kNN monitor's history (eval.monitor_every), also in RUN/monitor.csv
@@ -219,6 +225,15 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
     trainer.export_backbone()
     log(f"trained {state.global_step} steps in {time.perf_counter() - t0:.1f}s this session")
     return run_dir, metrics, trainer, aug_cfg
+
+
+def _feature_stats(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, device: torch.device,
+                   log: Log) -> dict[str, Any]:
+    """Label-free statistics of the learned backbone's features (and its random init's, when compared)."""
+    backbones = {"": trainer.method.backbone}
+    if compare_random_enabled(config):
+        backbones["random_init_"] = build_backbone(config)
+    return label_free_metrics(config, trainer.images, trainer.stream, backbones, aug_cfg, device, log)
 
 
 def _evaluate(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, device: torch.device,
@@ -241,4 +256,4 @@ def _evaluate(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, devic
     context = EvalContext(config=ev, finetune=config.finetune, data=eval_data, dataset=dataset, mean=mean, std=std,
                           size=aug_cfg.size, device=device, cache=FeatureCache(run_dir / "features"),
                           seed=config.seed, progress=config.train.progress, log=log)
-    return evaluate_backbones(backbones, context)
+    return {**evaluate_backbones(backbones, context), "eval_test_images": eval_data.size("test")}
