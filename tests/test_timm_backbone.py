@@ -1,11 +1,15 @@
 """timm models as backbones: `timm:<name>` builds timm's model, trains, resumes, evaluates, and refuses clearly."""
 
 import json
+import re
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 
 from relssl.augment import AugmentConfig
 from relssl.cli import main
@@ -155,3 +159,18 @@ def test_checkpoint_resumes_and_evaluates(tmp_path, capsys):
     assert main(["eval", "linear", "--checkpoint", str(tmp_path / "split"), "--epochs", "1", "--no-progress",
                  "--output", str(result)]) == 0
     assert 0.0 <= json.loads(result.read_text())["top1"] <= 100.0
+
+
+def test_the_documented_commands_and_config_validate(capsys):
+    """docs/BACKBONES.md's `relssl train` lines and YAML block build the configs they describe."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "BACKBONES.md").read_text()
+    blocks = re.findall(r"```(\w*)\n(.*?)```", doc, flags=re.S)
+    commands = [" ".join(line.split()) for _, block in blocks for line in block.replace("\\\n", " ").splitlines()
+                if line.startswith("relssl train --")]
+    assert len(commands) == 3
+    for command in commands:
+        assert main([*shlex.split(command)[1:], "--print-config"]) == 0
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["backbone"]["name"].startswith("timm:") and printed["data"]["image_size"] in (32, 224)
+    (tree,) = [yaml.safe_load(block) for kind, block in blocks if kind == "yaml"]
+    assert build_config(tree).data.image_size == tree["backbone"]["options"]["img_size"]
