@@ -89,15 +89,20 @@ def test_torchvision_cifar_stem_follows_the_printed_recipe(tmp_path, backbone_ru
     assert torch.allclose(_features(model, x), _features(relssl.load_backbone(run), x), atol=1e-6)
 
 
-def test_timm_resnet18_loads_strictly_and_matches(tmp_path, backbone_run):
+@pytest.mark.parametrize("cifar_stem,size", [(False, 64), (True, 32)])
+def test_timm_resnet18_loads_strictly_and_matches(tmp_path, backbone_run, cifar_stem, size):
     import timm
 
-    run = backbone_run(tmp_path / "run", {"name": "resnet18"}, overrides={"data.image_size": 64}, seed=3)
+    run = backbone_run(tmp_path / "run", {"name": "resnet18", "cifar_stem": cifar_stem},
+                       overrides={"data.image_size": size}, seed=3)
     out = tmp_path / "resnet18_timm.pth"
     export_backbone(run, "timm", out)
     model = timm.create_model("resnet18", num_classes=0)
+    if cifar_stem:  # the two changes docs/EXPORT.md lists
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
     model.load_state_dict(torch.load(out, weights_only=True), strict=True)
-    x = _batch(64)
+    x = _batch(size)
     assert torch.allclose(_features(model, x), _features(relssl.load_backbone(run), x), atol=1e-6)
 
 

@@ -6,6 +6,7 @@ import argparse
 
 from relssl.cli.options import RAW, positive_int, wrap
 from relssl.distributed import resolve_device
+from relssl.errors import ConfigError
 from relssl.export import embed_folder
 
 __all__ = ["add_parser", "run"]
@@ -44,15 +45,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, help="decoding threads (default: the CPUs available)")
     p.add_argument("--restart", action="store_true",
                    help="discard what OUTPUT holds from other inputs (another checkpoint, a changed folder) and start over")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="show no progress bar or progress lines")
     p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """`relssl embed`: prints where the embeddings went."""
+    try:
+        device = resolve_device(args.device)
+    except ConfigError:
+        raise ConfigError(f"--device {args.device}: not a device here; use auto, cpu, cuda or cuda:N (CUDA only "
+                          "where it is available)") from None
     result = embed_folder(args.checkpoint, args.images, args.output, batch_size=args.batch_size,
-                          device=resolve_device(args.device), normalize=args.normalize,
+                          device=device, normalize=args.normalize,
                           progress=not args.no_progress, restart=args.restart, workers=args.workers)
     if result.already_done:
         print(f"{result.output} already holds these embeddings ({result.embedded} images); nothing to do "
