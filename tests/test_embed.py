@@ -157,3 +157,24 @@ def test_folder_without_readable_images_is_a_one_line_error(tmp_path, run, capsy
     with pytest.raises(DataError, match="none of the 1 images"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         embed_folder(run, tmp_path / "bad", tmp_path / "emb2", progress=False)
+
+
+def test_a_trained_digits_run_embeds_at_its_native_size(tmp_path, digits_run):
+    """data.image_size unset: the size (16x16) and mean/std come from the run's training split and checkpoint."""
+    rng = np.random.default_rng(1)
+    names = ["x/0.png", "x/1.png", "y.png", "z.png"]
+    for name, shape in zip(names, [(16, 16, 3), (16, 16, 3), (20, 24, 3), (16, 16, 3)]):
+        (tmp_path / "d" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / "d" / name)
+    result = embed_folder(digits_run, tmp_path / "d", tmp_path / "emb", batch_size=3, progress=False)
+    assert result.embedded == 4 and (tmp_path / "emb" / "files.txt").read_text().splitlines() == names
+    normalization = torch.load(digits_run / "last.pt", weights_only=True)["normalization"]
+    mean, std = torch.tensor(normalization["mean"])[:, None, None], torch.tensor(normalization["std"])[:, None, None]
+    rows = []
+    for name in names:
+        with Image.open(tmp_path / "d" / name) as image:
+            pixels = np.asarray(fit_image(image.convert("RGB"), (16, 16)))
+        rows.append((torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - mean) / std)
+    with torch.no_grad():
+        want = relssl.load_backbone(digits_run)(torch.stack(rows)).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "emb" / "embeddings.npy"), want, rtol=1e-5, atol=1e-5)

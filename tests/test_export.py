@@ -177,3 +177,15 @@ def test_exported_file_with_bad_weights_is_a_one_line_error(tmp_path, backbone_r
                  "--output", str(tmp_path / "again.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
     assert "weights do not fit conv4" in err and len(err.splitlines()) == 1
+
+
+def test_bare_backbone_safetensors_measures_what_training_measured(tmp_path, digits_run):
+    """backbone.safetensors + config.yaml without last.pt: mean/std are measured on the training split as training did."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("backbone.safetensors", "config.yaml"):
+        (bare / name).write_bytes((digits_run / name).read_bytes())
+    _, measured = load_backbone_info(bare / "backbone.safetensors")
+    _, recorded = load_backbone_info(digits_run)
+    assert measured.preprocess == recorded.preprocess and recorded.image_size == (16, 16)
+    assert recorded.mean == tuple(torch.load(digits_run / "last.pt", weights_only=True)["normalization"]["mean"])

@@ -219,3 +219,26 @@ def test_knn_monitor_keeps_train_mode_and_rng() -> None:
     value = monitor.measure(net)
     assert torch.rand(1) == before and net.training and all(m.training for m in net.modules())
     assert value == 100.0  # the same images in bank and query: each one's nearest neighbour is itself
+
+
+def test_two_ranks_measure_on_rank_0_without_a_deadlock(tmp_path: Path) -> None:
+    """Under torchrun (two gloo ranks) rank 0 measures while rank 1 waits in the monitor's one broadcast."""
+    import subprocess
+    import sys
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "relssl",
+               "train", "--epochs", "3", "--k", "2", "--batch-size", "128", "--no-progress", "--device", "cpu",
+               "--set", "eval.linear=false", "--set", "eval.monitor_every=1", "--set", "log.tensorboard=true",
+               "--runs-dir", str(tmp_path), "--run-name", "r"]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("monitor: epoch") == 3  # rank 0 alone logs
+    assert [r["epoch"] for r in _rows(tmp_path / "r" / "monitor.csv")] == ["1", "2", "3"]
+    history = json.loads((tmp_path / "r" / "metrics.json").read_text())["monitor"]
+    assert [h["step"] for h in history] == [10, 20, 30]
+    assert len(list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes

@@ -3,13 +3,14 @@
 A redirected log should read well: no carriage returns, no redraws. Every loop that shows its
 progress goes through `Progress` (or `track` for an iterable), which picks the display once:
 
-- ``show=True``: a bar when stderr is a terminal, else plain lines;
+- ``show=True``: a bar when stderr is a terminal (or a notebook's widget bar), else plain lines;
 - ``"lines"``: plain lines even on a terminal (``relssl train --no-progress``);
 - ``False``: nothing.
 
 Plain lines are sparse: one when the loop ends (count, time, rate and the last postfix), and in
-between at most one every `every_s` seconds. They go to stderr, after stdout is flushed, so lines
-printed to both streams stay in order in one redirected file.
+between at most one every `every_s` seconds. They go to stdout with a run's other log lines (and
+flushed at once), which keeps them in order in a redirected log and leaves stderr to warnings and
+the one-line errors.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Literal, TypeVar
 
 from tqdm import tqdm
+from tqdm.auto import tqdm as tqdm_auto
 
 __all__ = ["Progress", "Show", "format_duration", "plain_line", "stderr_is_terminal", "track"]
 
@@ -35,11 +37,15 @@ def stderr_is_terminal() -> bool:
         return False
 
 
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel, whose stderr is no terminal but shows tqdm's widget bars."""
+    return "ipykernel" in sys.modules
+
+
 def plain_line(text: str) -> None:
-    """Write one line to stderr, after flushing stdout so that a file holding both keeps their order."""
+    """Print one progress line to stdout at once (never a carriage return)."""
+    sys.stdout.write(text.replace("\r", " ") + "\n")
     sys.stdout.flush()
-    sys.stderr.write(text.replace("\r", " ") + "\n")
-    sys.stderr.flush()
 
 
 def format_duration(seconds: float) -> str:
@@ -63,11 +69,13 @@ class Progress:
         self.every_s = every_s
         self.postfix = ""
         self._initial = initial
-        self._lines = show == "lines" or (show is True and not stderr_is_terminal())
+        notebook = show is True and not stderr_is_terminal() and _in_notebook()
+        self._lines = show == "lines" or (show is True and not stderr_is_terminal() and not notebook)
         self._bar: Any = None
         if show is True and not self._lines:
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=unit_scale,
-                             dynamic_ncols=True)
+            bar = tqdm_auto if notebook else tqdm
+            self._bar = bar(total=total, initial=initial, desc=desc, unit=unit, unit_scale=unit_scale,
+                            dynamic_ncols=True)
         self._started = self._last_line = time.perf_counter()
         self._closed = False
 
@@ -93,7 +101,7 @@ class Progress:
     def write(self, text: str) -> None:
         """Print a line without breaking the bar."""
         if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
+            self._bar.write(text)  # to stdout, the bar on stderr cleared and redrawn around it
         else:
             plain_line(text)
 

@@ -93,7 +93,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--compare-random", dest="compare_random", action="store_true", default=None,
                    help="also evaluate the random-init backbone (default: on for digits only)")
     p.add_argument("--no-compare-random", dest="compare_random", action="store_false")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="plain progress lines instead of bars (as when stderr is not a terminal)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key, e.g. --set optim.lr=3e-4 (repeatable)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

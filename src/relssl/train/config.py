@@ -59,7 +59,7 @@ class TrainConfig(Section):
         return value
     runs_dir: str = "runs"
     run_name: str | None = None
-    progress: bool = True
+    progress: bool = True  # false (--no-progress): plain progress lines instead of bars, even on a terminal
 
 
 class RunConfig(Section):
