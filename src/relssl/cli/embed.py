@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true",
                    help="discard what OUTPUT holds from other inputs (another checkpoint, a changed folder) and start over")
     p.add_argument("--no-progress", action="store_true", help="show no progress bar or progress lines")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, interrupt_hint="run the same command again to continue where it stopped")
     return p
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from torch import nn
 
 from relssl.data.imagefolder import IMAGE_EXTENSIONS, list_images
 from relssl.data.workers import default_workers
-from relssl.errors import DataError, RelsslWarning
+from relssl.errors import ConfigError, DataError, RelsslWarning
 from relssl.export.embed_state import EmbedState, files_digest, weights_digest
 from relssl.export.info import BackboneInfo
 from relssl.export.loading import load_backbone_info
@@ -69,6 +70,8 @@ def embed_folder(checkpoint: str | Path, images: str | Path, output: str | Path,
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     root, out = Path(images), Path(output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; give a folder to write the embeddings into")
     relative = list_folder(root)
     backbone, info = load_backbone_info(checkpoint)
     identity = {"checkpoint": weights_digest(backbone), "files": files_digest(root, relative),
@@ -131,21 +134,17 @@ def _decoded_batches(paths: Sequence[str], preprocess: Preprocess, start: int, b
                      workers: int | None) -> Iterator[Batch]:
     """(first index, images, positions that failed) of each batch from `start`, decoded one batch ahead."""
     blank = np.zeros((*preprocess.size, 3), dtype=np.uint8)
-
-    def submit(pool: ThreadPoolExecutor, first: int) -> Future[list[np.ndarray | None]]:
-        chunk = paths[first : first + batch_size]
-        return pool.submit(lambda: list(pool_map(chunk)))
-
+    firsts = range(start, len(paths), batch_size)
     with ThreadPoolExecutor(workers or default_workers()) as pool, ThreadPoolExecutor(1) as ahead:
-        def pool_map(chunk: Sequence[str]) -> Iterator[np.ndarray | None]:
-            return pool.map(lambda p: _read(preprocess, p), chunk)
 
-        firsts = list(range(start, len(paths), batch_size))
-        pending = submit(ahead, firsts[0]) if firsts else None
+        def decode(first: int) -> list[np.ndarray | None]:
+            return list(pool.map(partial(_read, preprocess), paths[first : first + batch_size]))
+
+        pending = ahead.submit(decode, firsts[0]) if firsts else None
         for k, first in enumerate(firsts):
             assert pending is not None
             decoded = pending.result()
-            pending = submit(ahead, firsts[k + 1]) if k + 1 < len(firsts) else None
+            pending = ahead.submit(decode, firsts[k + 1]) if k + 1 < len(firsts) else None
             failed = {i for i, image in enumerate(decoded) if image is None}
             yield first, [blank if image is None else image for image in decoded], failed
 

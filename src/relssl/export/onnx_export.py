@@ -46,6 +46,7 @@ def export_onnx(backbone: nn.Module, info: BackboneInfo, path: Path) -> float:
     example = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         _export_quietly(backbone, example, tmp, info.architecture)
         model = onnx.load(str(tmp))
         for key, value in info.to_metadata().items():
