@@ -174,3 +174,10 @@ def test_the_documented_commands_and_config_validate(capsys):
         assert printed["backbone"]["name"].startswith("timm:") and printed["data"]["image_size"] in (32, 224)
     (tree,) = [yaml.safe_load(block) for kind, block in blocks if kind == "yaml"]
     assert build_config(tree).data.image_size == tree["backbone"]["options"]["img_size"]
+
+
+def test_run_directory_name_has_no_colon(tmp_path):
+    from relssl.train.setup import create_run_dir
+
+    run_dir = create_run_dir(build_config({}, {"backbone.name": "timm:resnet18", "train.runs_dir": str(tmp_path)}))
+    assert run_dir.name.endswith("-timm-resnet18") and ":" not in run_dir.name

@@ -31,7 +31,8 @@ def create_run_dir(config: RunConfig) -> Path:
     folder that cannot be created or written is a ConfigError naming it.
     """
     name = config.train.run_name or "{}-{}-{}-{}".format(
-        time.strftime("%Y%m%d-%H%M%S"), config.method, config.data.dataset, config.backbone.name
+        time.strftime("%Y%m%d-%H%M%S"), config.method, config.data.dataset,
+        config.backbone.name.replace(":", "-"),  # timm:resnet18 -> timm-resnet18 (scp and rsync read ':' as a host)
     )
     root = Path(config.train.runs_dir)
     try:
