@@ -43,7 +43,7 @@ def _in_notebook() -> bool:
 
 
 def plain_line(text: str) -> None:
-    """Print one progress line to stdout at once (never a carriage return)."""
+    """Print one line to stdout at once, never a carriage return (a run's default log: `tail -f` sees it)."""
     sys.stdout.write(text.replace("\r", " ") + "\n")
     sys.stdout.flush()
 

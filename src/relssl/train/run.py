@@ -24,6 +24,7 @@ from relssl.distributed import (
 from relssl.errors import CheckpointError, ConfigError, RelsslError
 from relssl.evaluate import EvalContext, FeatureCache, ScoredBackbone, evaluate_backbones, open_eval_data
 from relssl.methods import METHODS, Method, create_method
+from relssl.progress import plain_line
 from relssl.train.checkpoint import remove_stale_temp_files
 from relssl.train.config import RunConfig
 from relssl.train.eval_target import check_eval_splits, eval_target, unlabelled_note
@@ -118,7 +119,7 @@ def _reopen_run_dir(config: RunConfig, run_dir: Path) -> Path:
 
 
 def run_training(config: RunConfig, checkpoint: dict[str, Any] | None = None, run_dir: Path | None = None,
-                 log: Log = print) -> tuple[Path, dict[str, Any]]:
+                 log: Log = plain_line) -> tuple[Path, dict[str, Any]]:
     """Train (or, given a loaded checkpoint and its run directory, resume) a run; evaluate it.
 
     Returns (run_dir, metrics). When resuming, `config` should be the checkpoint's own config

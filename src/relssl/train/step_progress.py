@@ -5,14 +5,16 @@ tenth of the run's steps or `every_s` seconds have passed since the last one, an
 
     train: step 140/330 (42%), epoch 7/15, loss 0.4123, 512 img/s, ETA 47.0s
 
-so a redirected log of any length stays around a dozen lines per minute at most, and the
-quick digits run prints about ten.
+so a redirected log stays short: about ten lines for a run of a few minutes (the quick digits
+run), one a minute for a long one. Plain lines go to `write`, the run's log: printed by `relssl
+train`, dropped or prefixed for the cells of a benchmark.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from relssl.progress import Progress, Show, format_duration, plain_line
 
@@ -23,8 +25,10 @@ class StepProgress:
     """Shows the steps of one training session (from `initial` to `total`) as `show` asks."""
 
     def __init__(self, total: int, initial: int, *, batch_size: int, steps_per_epoch: int, show: Show,
-                 every_s: float = 60.0, every_fraction: float = 0.1) -> None:
+                 every_s: float = 60.0, every_fraction: float = 0.1,
+                 write: Callable[[str], None] = plain_line) -> None:
         self.total, self.initial, self.batch_size = total, initial, batch_size
+        self._write = write
         self.steps_per_epoch = steps_per_epoch
         self.epochs = math.ceil(total / steps_per_epoch)
         self.every_s = every_s
@@ -53,7 +57,7 @@ class StepProgress:
         due = (self._last_step is None or final or step - self._last_step >= self.every_steps
                or now - self._last_time >= self.every_s)
         if due:
-            plain_line(self.line(step, values, now))
+            self._write(self.line(step, values, now))
             self._last_step, self._last_time = step, now
 
     def line(self, step: int, values: dict[str, float], now: float) -> str:
@@ -73,7 +77,7 @@ class StepProgress:
         if self._bar is not None:
             self._bar.write(text)
         else:
-            plain_line(text)
+            self._write(text)
 
     def close(self) -> None:
         """Close the bar, if there is one."""

@@ -27,6 +27,7 @@ from relssl.distributed import (
 from relssl.errors import CheckpointError, ConfigError
 from relssl.methods import EpochContext, Method
 from relssl.optim import build_optimizer, build_scheduler
+from relssl.progress import plain_line
 from relssl.train.batches import BatchStream
 from relssl.train.checkpoint import CHECKPOINT_FORMAT, save_backbone_safetensors, save_checkpoint, write_text
 from relssl.train.config import RunConfig
@@ -90,7 +91,7 @@ class Trainer:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         self.config = config
-        self.log = log  # where the per-epoch diagnostics line goes (rank 0); None: nowhere
+        self.log = log  # the run's log (rank 0): diagnostics, monitor, plain progress; None: progress to stdout only
         self.device = device
         self.run_dir = run_dir
         self.monitor: KnnMonitor | None = None
@@ -236,7 +237,8 @@ class Trainer:
         # --no-progress (train.progress=false): plain lines even on a terminal; other ranks show nothing
         bar = StepProgress(self.total_steps, self.state.global_step, batch_size=cfg.batch_size,
                            steps_per_epoch=self.stream.steps_per_epoch,
-                           show=(True if cfg.progress else "lines") if is_main() else False)
+                           show=(True if cfg.progress else "lines") if is_main() else False,
+                           write=self.log or plain_line)  # plain lines join the run's log
         if is_main() and self.monitor is not None:  # a resume drops measurements past its checkpoint
             write_text(self._output_dir() / "monitor.csv", monitor_csv(self.state.monitor))
         self.method.train()
