@@ -110,17 +110,28 @@ def test_resume_continues_the_history_without_duplicates(runs: Path, tmp_path: P
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     with monkeypatch.context() as patch:  # a stop agreed at step 30, in the third epoch
         patch.setattr(Trainer, "_stop_agreed", lambda self, stop, sync: self.state.global_step >= 30)
-        assert _train(tmp_path, "r", *MONITOR) == 130
+        assert _train(tmp_path, "r", *MONITOR, "--set", "log.tensorboard=true") == 130
     run = tmp_path / "r"
     assert [r["step"] for r in _rows(run / "monitor.csv")] == ["20"]
     with (run / "monitor.csv").open("a") as fh:  # a measurement written after the checkpoint, then a kill
         fh.write("4,40,12.5\n")
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run / "tensorboard")) as writer:  # and a loss logged after it
+        writer.add_scalar("train/loss", 99.0, 35)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     rows = _rows(run / "monitor.csv")
     assert rows == _rows(runs / "watched" / "monitor.csv")  # the same values as the uninterrupted run
     history = json.loads((run / "metrics.json").read_text())["monitor"]
     assert [h["step"] for h in history] == [20, 40, 50]
     assert (run / "loss.png").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+    assert 99.0 not in [e.value for e in events.Scalars("train/loss")]  # purged by the resumed session
+    assert [e.step for e in events.Scalars("monitor/knn_top1")] == [20, 40, 50]
 
 
 def test_monitor_samples_caps_both_splits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

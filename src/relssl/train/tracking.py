@@ -64,7 +64,7 @@ class Trackers:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops what an earlier session logged past the checkpoint it resumes from
-            self._writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step or None)
+            self._writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
         if config.wandb:
             import wandb
 
