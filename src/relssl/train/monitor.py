@@ -79,9 +79,9 @@ class KnnMonitor:
         """Read the chosen rows of one split once: their images (decoded data) or their files (streamed)."""
         rows = _rows(self.data.size(name), samples, generator)
         labels = torch.from_numpy(self.data.labels(name)[rows])
-        if isinstance(self.data, EvalData):
-            split = self.data.train if name == "train" else self.data.test
-            return _Split(labels, images=np.ascontiguousarray(split.images[rows]))
+        if isinstance(self.data, EvalData):  # a whole split stays the (memory-mapped) decode cache; a sample is copied
+            images = (self.data.train if name == "train" else self.data.test).images
+            return _Split(labels, images=images if len(rows) == len(images) else np.ascontiguousarray(images[rows]))
         listing = self.data.train if name == "train" else self.data.test
         return _Split(labels, listing=Listing(listing.split, [listing.files[i] for i in rows],
                                               np.asarray(listing.labels)[rows], listing.classes))

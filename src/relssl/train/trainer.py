@@ -321,7 +321,8 @@ class Trainer:
         """
         every = self.config.eval.monitor_every
         step = self.state.global_step
-        if not monitor_due(epoch, every, self.finished) or (self.state.monitor and self.state.monitor[-1]["step"] == step):
+        measured = bool(self.state.monitor) and self.state.monitor[-1]["step"] == step
+        if measured or not monitor_due(epoch, every, self.finished):
             return
         value: float | None = None
         error: str | None = None
