@@ -114,10 +114,11 @@ class Progress:
         """The progress as one line of text: count (of total), time, rate, postfix."""
         elapsed = time.perf_counter() - self._started
         count = self._amount(self.n) + (f"/{self._amount(self.total)}" if self.total else "")
-        parts = [f"{count} {self.unit}", format_duration(elapsed)]
+        unit = self.unit if self.unit_scale else f" {self.unit}"  # 12.3M/170MB and 2.61MB/s, but 30/30 img
+        parts = [f"{count}{unit}", format_duration(elapsed)]
         done = self.n - self._initial
         if done > 0 and elapsed > 0:
-            parts.append(f"{self._amount(done / elapsed)} {self.unit}/s")
+            parts.append(f"{self._amount(done / elapsed)}{unit}/s")
         if not self._closed and self.total and done > 0 and self.n < self.total:
             parts.append(f"ETA {format_duration((self.total - self.n) * elapsed / done)}")
         if self.postfix:
