@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,19 @@ def test_the_sentence_claims_no_more_than_the_numbers(learned_std: float, expect
     assert ("does not show that pretraining helped" in text) == expect_doubt
     assert "closes most of the raw gap" in text
     assert comparison_lines({"linear_top1": 90.0}) == []
+
+
+def test_one_measured_time_is_stated_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
+    """README's first screen, `relssl train --help` and the preset's comment state the same measured time."""
+    from importlib.resources import files
+
+    pattern = re.compile(r"(\d+) s on 2 CPU cores \(dev machine\)")
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    preset = (files("relssl") / "presets" / "digits_quick.yaml").read_text()
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    helptext = " ".join(capsys.readouterr().out.split())
+    times = [pattern.findall(text) for text in (readme[:1500], helptext, preset)]
+    assert all(len(found) == 1 for found in times), times
+    assert len({found[0] for found in times}) == 1, times
+    assert "OMP_NUM_THREADS=1" in preset and "/usr/bin/time" in preset  # how to measure it again

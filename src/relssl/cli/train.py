@@ -68,7 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "train", help="pretrain a backbone, then evaluate it",
         description="Pretrain a backbone with a self-supervised method, export it, and run linear\n"
         "evaluation (plus the random-init lower bound with --compare-random). With no arguments,\n"
-        "trains Relational Reasoning on scikit-learn's 8x8 digits, which needs no download.",
+        "trains Relational Reasoning on scikit-learn's 8x8 digits, which needs no download, and prints\n"
+        "learned vs random-init accuracy on raw and standardised features: 54 s on 2 CPU cores (dev machine),\n"
+        "measured as src/relssl/presets/digits_quick.yaml says.",
         epilog=EPILOG, formatter_class=RAW,
     )
     p.add_argument("--config", metavar="FILE", action="append",
