@@ -23,21 +23,22 @@ def _noise_pngs(folder: Path, count: int, seed: int = 0) -> None:
         Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
 
 
-@pytest.mark.parametrize("layout", ["flat", "albums"])
+@pytest.mark.parametrize("layout", ["flat", "albums", "streamed"])
 def test_an_unlabelled_folder_trains_and_writes_label_free_metrics(tmp_path: Path, layout: str,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     root, runs = tmp_path / "photos", tmp_path / "runs"
     _noise_pngs(root, 40)
     if layout == "albums":  # loose images next to plain sub-folders: still no classes
         _noise_pngs(root / "2024" / "summer", 4, seed=1)
-    code = main(["train", "--dataset", "imagefolder", "--data-root", str(root), *QUICK,
+    stream = ["--set", "data.stream=true", "--set", "data.workers=0"] if layout == "streamed" else []
+    code = main(["train", "--dataset", "imagefolder", "--data-root", str(root), *QUICK, *stream,
                  "--runs-dir", str(runs), "--run-name", "r"])
     out = capsys.readouterr().out
     assert code == 0
     assert out.count(NOTE) == 1 and "relssl eval linear --checkpoint" in out
     metrics = json.loads((runs / "r" / "metrics.json").read_text())
     stats = metrics["feature_stats"]
-    assert stats["images"] == (40 if layout == "flat" else 44) and stats["feature_dim"] == 64
+    assert stats["images"] == (44 if layout == "albums" else 40) and stats["feature_dim"] == 64
     assert 1 <= stats["effective_rank"] <= 40 and stats["uniformity"] <= 0
     assert 0 <= stats["collapsed_share"] <= 1 and stats["std_mean"] >= 0
     assert "no labels" in metrics["eval_skipped"]
