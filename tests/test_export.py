@@ -180,12 +180,74 @@ def test_exported_file_with_bad_weights_is_a_one_line_error(tmp_path, backbone_r
 
 
 def test_bare_backbone_safetensors_measures_what_training_measured(tmp_path, digits_run):
-    """backbone.safetensors + config.yaml without last.pt: mean/std are measured on the training split as training did."""
+    """An older, metadata-free backbone.safetensors + config.yaml without last.pt: mean/std are measured on the
+    training split as training did."""
+    from safetensors.torch import load_file, save_file
+
     bare = tmp_path / "bare"
     bare.mkdir()
-    for name in ("backbone.safetensors", "config.yaml"):
-        (bare / name).write_bytes((digits_run / name).read_bytes())
+    (bare / "config.yaml").write_bytes((digits_run / "config.yaml").read_bytes())
+    save_file(load_file(digits_run / "backbone.safetensors"), bare / "backbone.safetensors")  # as versions before 0.1
     _, measured = load_backbone_info(bare / "backbone.safetensors")
     _, recorded = load_backbone_info(digits_run)
     assert measured.preprocess == recorded.preprocess and recorded.image_size == (16, 16)
     assert recorded.mean == tuple(torch.load(digits_run / "last.pt", weights_only=True)["normalization"]["mean"])
+
+
+def _metadata(path) -> dict[str, str]:
+    with safe_open(path, framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def _same_but_source(trained: dict[str, str], exported: dict[str, str]) -> None:
+    """The trainer's metadata equals export's, entry for entry, except `source` (a copy of the run is elsewhere)."""
+    assert trained.pop("source") and exported.pop("source")
+    assert trained == exported
+
+
+def test_a_runs_backbone_safetensors_records_what_export_records(tmp_path, digits_run):
+    trained = _metadata(digits_run / "backbone.safetensors")
+    assert trained["format"] == "relssl-backbone-v1" and trained["architecture"] == "conv4"
+    exported = tmp_path / "exported.safetensors"
+    export_backbone(digits_run, "safetensors", exported)  # from the run directory: config + last.pt
+    _same_but_source(trained, _metadata(exported))
+    assert json.loads(trained["preprocess"])["mode"] == "fit" and json.loads(trained["image_size"]) == [16, 16]
+
+
+def test_a_runs_backbone_safetensors_loads_and_embeds_alone(tmp_path, digits_run, png):
+    alone = tmp_path / "elsewhere" / "backbone.safetensors"
+    alone.parent.mkdir()
+    alone.write_bytes((digits_run / "backbone.safetensors").read_bytes())  # no config.yaml or last.pt beside it
+    original, expected = load_backbone_info(digits_run)
+    loaded = relssl.load_backbone(alone)
+    info = loaded.relssl_info
+    assert info.preprocess == expected.preprocess and (info.mean, info.std) == (expected.mean, expected.std)
+    assert (info.architecture, info.backbone, info.feature_dim, info.method) == (
+        expected.architecture, expected.backbone, expected.feature_dim, expected.method)
+    x = _batch(size=16)
+    assert torch.equal(_features(loaded, x), _features(original, x))
+
+    for i in range(5):
+        png(tmp_path / "photos" / f"{i}.png", (40 * i, 90, 200 - 30 * i), size=(20, 16))
+    for source, out in ((alone, "from_file"), (digits_run, "from_run")):
+        assert main(["embed", "--checkpoint", str(source), "--images", str(tmp_path / "photos"),
+                     "--output", str(tmp_path / out), "--device", "cpu", "--no-progress"]) == 0
+    assert np.array_equal(np.load(tmp_path / "from_file" / "embeddings.npy"),
+                          np.load(tmp_path / "from_run" / "embeddings.npy"))
+
+
+def test_a_streamed_runs_backbone_safetensors_records_what_export_records(tmp_path, png):
+    for i in range(12):
+        png(tmp_path / "photos" / f"{i}.png", (20 * i, 100, 255 - 20 * i), size=(30, 24))
+    assert main(["train", "--dataset", "imagefolder", "--data-root", str(tmp_path / "photos"), "--max-steps", "2",
+                 "--k", "2", "--batch-size", "4", "--no-progress", "--device", "cpu", "--set", "data.stream=true",
+                 "--set", "data.workers=0", "--set", "augment.size=16", "--set", "eval.linear=false",
+                 "--runs-dir", str(tmp_path / "runs"), "--run-name", "r"]) == 0
+    run = tmp_path / "runs" / "r"
+    trained = _metadata(run / "backbone.safetensors")
+    export_backbone(run, "safetensors", tmp_path / "exported.safetensors")
+    assert trained["source"] == str(run.resolve())
+    assert load_backbone_info(run / "backbone.safetensors")[1] == load_backbone_info(run)[1]  # source too
+    _same_but_source(trained, _metadata(tmp_path / "exported.safetensors"))
+    assert json.loads(trained["preprocess"]) == {**json.loads(trained["preprocess"]), "mode": "crop", "size": [16, 16],
+                                                 "resize": 18}

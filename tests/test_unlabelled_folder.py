@@ -56,3 +56,20 @@ def test_class_folders_without_a_test_split_train_and_skip_evaluation(tmp_path: 
     out = capsys.readouterr().out
     assert code == 0 and out.count(NOTE) == 1 and "no labelled test split" in out
     assert json.loads((runs / "r" / "metrics.json").read_text())["feature_stats"]["images"] == 20
+
+
+@pytest.mark.parametrize("linear", [True, False])
+def test_the_knn_monitor_on_an_unlabelled_folder_adds_no_second_note(tmp_path: Path, linear: bool,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    root, runs = tmp_path / "photos", tmp_path / "runs"
+    _noise_pngs(root, 20)
+    code = main(["train", "--dataset", "imagefolder", "--data-root", str(root), *QUICK, "--set", "eval.monitor_every=1",
+                 "--set", f"eval.linear={str(linear).lower()}", "--runs-dir", str(runs), "--run-name", "r"])
+    out = capsys.readouterr().out
+    assert code == 0
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1, out
+    assert "no labels" in notes[0] and "kNN monitor (eval.monitor_every)" in notes[0]
+    assert (NOTE in notes[0]) is linear
+    assert not (runs / "r" / "monitor.csv").exists()
+    assert ("eval_skipped" in json.loads((runs / "r" / "metrics.json").read_text())) is linear

@@ -26,10 +26,10 @@ from relssl.data.imagefolder import IMAGE_EXTENSIONS, list_images
 from relssl.data.workers import default_workers
 from relssl.errors import ConfigError, DataError, RelsslWarning
 from relssl.export.embed_state import EmbedState, files_digest, weights_digest
-from relssl.export.info import BackboneInfo
 from relssl.export.loading import load_backbone_info
-from relssl.export.preprocess import Preprocess
 from relssl.progress import Progress
+from relssl.train.backbone_info import BackboneInfo
+from relssl.train.preprocess import Preprocess
 
 __all__ = ["EmbedResult", "embed_folder", "list_folder"]
 

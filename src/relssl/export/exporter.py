@@ -20,10 +20,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from relssl.errors import CheckpointError, ConfigError
-from relssl.export.info import BackboneInfo
 from relssl.export.loading import load_backbone_info
 from relssl.export.onnx_export import export_onnx
 from relssl.export.state_dicts import state_dict_export
+from relssl.train.backbone_info import BackboneInfo
 
 __all__ = ["FORMATS", "ExportResult", "export_backbone"]
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from relssl.errors import CheckpointError, ConfigError
-from relssl.export.info import BackboneInfo
+from relssl.train.backbone_info import BackboneInfo
 
 __all__ = ["ONNX_TOLERANCE", "export_onnx", "onnx_difference"]
 

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from relssl.errors import ConfigError
-from relssl.export.info import BackboneInfo
 from relssl.models.torchvision_resnet import TORCHVISION_RESNET_SPECS
+from relssl.train.backbone_info import BackboneInfo
 
 __all__ = ["StateDictExport", "state_dict_export"]
 

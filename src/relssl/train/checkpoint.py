@@ -150,9 +150,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return _check_contents(ckpt, path, require)
 
 
-def save_backbone_safetensors(backbone: torch.nn.Module, path: str | Path) -> Path:
-    """Export backbone weights alone as safetensors, loadable in plain PyTorch."""
+def save_backbone_safetensors(backbone: torch.nn.Module, path: str | Path,
+                              metadata: dict[str, str] | None = None) -> Path:
+    """Export backbone weights alone as safetensors, loadable in plain PyTorch, with string `metadata`."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path

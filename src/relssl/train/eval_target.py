@@ -4,8 +4,8 @@ A run is *unlabelled* when it evaluates on its own dataset at the default splits
 data.eval_train_split or data.eval_test_split) and that dataset offers no labelled pair of splits:
 its evaluation train split has no labels at all (a folder without class sub-folders: no classes,
 every label -1), or it is a folder read whole, with no train/ and test/|val/ folders to hold a test
-split. Such a run trains, skips label-needing evaluation with one note, and reports label-free
-feature statistics only. Any other missing or unlabelled evaluation split stays an error.
+split. Such a run trains, skips label-needing evaluation and the kNN monitor with one note, and
+reports label-free feature statistics only. Any other missing or unlabelled evaluation split stays an error.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from relssl.evaluate import eval_splits
 from relssl.train.config import RunConfig
 from relssl.train.inputs import TrainingInputs
 
-__all__ = ["EvalTarget", "check_eval_splits", "eval_target", "unlabelled_note", "unlabelled_reason"]
+__all__ = ["EvalTarget", "check_eval_splits", "eval_target", "unlabelled_monitor_note", "unlabelled_note",
+           "unlabelled_reason"]
 
 
 @dataclass(frozen=True)
@@ -95,22 +96,34 @@ def unlabelled_reason(config: RunConfig, inputs: TrainingInputs) -> str | None:
     return None
 
 
-def unlabelled_note(reason: str, run_dir: str) -> str:
-    """The one line an unlabelled run prints instead of evaluating: why, and how to evaluate elsewhere."""
-    return (f"note: {reason}; evaluation needs labels, so it was skipped (metrics.json has label-free feature "
+def unlabelled_note(reason: str, run_dir: str, *, monitor: bool = False) -> str:
+    """The one line an unlabelled run prints instead of evaluating: why, and how to evaluate elsewhere.
+
+    `monitor`: the kNN monitor was asked for (eval.monitor_every) and skipped for the same reason.
+    """
+    also = ", as was the kNN monitor (eval.monitor_every)" if monitor else ""
+    return (f"note: {reason}; evaluation needs labels, so it was skipped{also} (metrics.json has label-free feature "
             f"statistics instead). To measure accuracy: relssl eval linear --checkpoint {run_dir} --dataset imagefolder "
             f"--data-root DIR, with DIR/train/<class>/ and DIR/test/<class>/ (or pretrain with --set eval.dataset=NAME)")
+
+
+def unlabelled_monitor_note(reason: str) -> str:
+    """The one line an unlabelled run asking for the kNN monitor, but not for evaluation, prints."""
+    return (f"note: {reason}; the kNN monitor (eval.monitor_every) is skipped, as it needs labels (metrics.json "
+            "will have label-free feature statistics)")
 
 
 def check_eval_splits(config: RunConfig, inputs: TrainingInputs) -> str | None:
     """Before training: the evaluation splits exist and are labelled, else a ConfigError naming the key.
 
-    Returns the reason an unlabelled run (module docstring) skips evaluation, or None.
+    Returns the reason an unlabelled run (module docstring) skips evaluation and the kNN monitor,
+    or None. The splits are checked only for evaluation (eval.linear); the monitor, on its own,
+    notes an unusable split when it opens (relssl.train.watch).
     """
-    if not config.eval.linear:
+    if not config.eval.linear and not config.eval.monitor_every:
         return None
     reason = unlabelled_reason(config, inputs)
-    if reason is not None:
+    if reason is not None or not config.eval.linear:
         return reason
     target = eval_target(config)
     splits = dataset_spec(target.dataset).splits

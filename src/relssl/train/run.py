@@ -25,10 +25,11 @@ from relssl.errors import CheckpointError, ConfigError, RelsslError
 from relssl.evaluate import EvalContext, FeatureCache, ScoredBackbone, evaluate_backbones, open_eval_data
 from relssl.methods import METHODS, Method, create_method
 from relssl.progress import plain_line
+from relssl.train.backbone_info import run_backbone_info, run_preprocess
 from relssl.train.checkpoint import remove_stale_temp_files
 from relssl.train.config import RunConfig
 from relssl.train.eval_target import check_eval_splits, eval_target, unlabelled_note
-from relssl.train.inputs import open_training_inputs
+from relssl.train.inputs import TrainingInputs, open_training_inputs
 from relssl.train.label_free import label_free_metrics
 from relssl.train.lock import RunDirLock
 from relssl.train.setup import create_run_dir, seed_everything, write_config, write_json
@@ -143,7 +144,7 @@ def run_training(config: RunConfig, checkpoint: dict[str, Any] | None = None, ru
             return run_dir, metrics
         metrics.update(_feature_stats(config, trainer, aug_cfg, device, log))
         if config.eval.linear and "eval_skipped" in metrics:  # an unlabelled run (relssl.train.eval_target)
-            log(unlabelled_note(metrics["eval_skipped"], str(run_dir)))
+            log(unlabelled_note(metrics["eval_skipped"], str(run_dir), monitor=config.eval.monitor_every > 0))
         elif config.eval.linear:
             metrics.update(_evaluate(config, trainer, aug_cfg, device, run_dir, log))
         track_metrics(trainer, metrics)
@@ -188,7 +189,7 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
     else:
         trainer = Trainer(config, method, None, None, aug_cfg, device, log=log,
                           stream=inputs.loader(config, labels, method.num_views, device))
-    skipped = _on_main(lambda: check_eval_splits(config, inputs))  # why an unlabelled run skips evaluation
+    skipped = _on_main(lambda: check_eval_splits(config, inputs))  # why an unlabelled run skips evaluation and monitor
     # The run directory appears (or, resumed, changes) only once everything above has validated,
     # so a bad start leaves nothing behind. Rank 0 writes and tells the others the name.
     if resuming:
@@ -202,7 +203,7 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
     log(f"run directory: {run_dir}")
     if resuming:
         log(f"resumed at epoch {trainer.state.epoch}, step {trainer.state.global_step}/{trainer.total_steps}")
-    _on_main(lambda: watch_training(config, trainer, aug_cfg, device, log, held))  # kNN monitor, trackers
+    _on_main(lambda: watch_training(config, trainer, aug_cfg, device, log, held, skipped))  # kNN monitor, trackers
     t0 = time.perf_counter()
     state = trainer.fit()
     plot_losses(run_dir, log)  # loss.png, also for a stopped run
@@ -211,7 +212,7 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
         "seed": config.seed, "train_steps": state.global_step, "train_epochs_completed": state.epoch,
         "train_seconds": round(state.elapsed, 2), "finished": trainer.finished,
     }
-    if skipped:
+    if skipped and config.eval.linear:
         metrics["eval_skipped"] = skipped
     if state.diagnostics:  # Method.diagnostics per epoch (docs/methods/rcl.md): the last, and all
         metrics["diagnostics"] = {"last": state.diagnostics[-1], "per_epoch": state.diagnostics}
@@ -223,9 +224,16 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
         if is_main():
             write_json(metrics, run_dir / "metrics.json")
         return run_dir, metrics, trainer, aug_cfg
-    trainer.export_backbone()
+    trainer.export_backbone(_backbone_metadata(config, trainer, inputs, aug_cfg, run_dir))
     log(f"trained {state.global_step} steps in {time.perf_counter() - t0:.1f}s this session")
     return run_dir, metrics, trainer, aug_cfg
+
+
+def _backbone_metadata(config: RunConfig, trainer: Trainer, inputs: TrainingInputs, aug_cfg: AugmentConfig,
+                       run_dir: Path) -> dict[str, str]:
+    """The description backbone.safetensors carries: what `relssl export --format safetensors` records too."""
+    preprocess = run_preprocess(config, run_dir, inputs=inputs, augment=aug_cfg)
+    return run_backbone_info(config, trainer.method.backbone, preprocess, run_dir).to_metadata()
 
 
 def _feature_stats(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, device: torch.device,

@@ -355,11 +355,14 @@ class Trainer:
         """Whether the step budget has been spent."""
         return self.state.global_step >= self.total_steps
 
-    def export_backbone(self) -> Path:
-        """Write the trained backbone alone as backbone.safetensors (rank 0 writes)."""
+    def export_backbone(self, metadata: dict[str, str] | None = None) -> Path:
+        """Write the trained backbone alone as backbone.safetensors (rank 0 writes), with its `metadata`.
+
+        The run passes `BackboneInfo.to_metadata()`, which lets `relssl.load_backbone` read the file alone.
+        """
         path = self._output_dir() / "backbone.safetensors"
         if is_main():
-            save_backbone_safetensors(self.method.backbone, path)
+            save_backbone_safetensors(self.method.backbone, path, metadata)
         return path
 
 

@@ -21,7 +21,7 @@ from relssl.errors import CheckpointError, ConfigError, DataError
 from relssl.evaluate import open_eval_data
 from relssl.train.config import RunConfig
 from relssl.train.curves import write_loss_plot
-from relssl.train.eval_target import eval_target
+from relssl.train.eval_target import eval_target, unlabelled_monitor_note
 from relssl.train.monitor import KnnMonitor
 from relssl.train.tracking import Trackers
 from relssl.train.trainer import Trainer
@@ -32,8 +32,16 @@ Log = Callable[[str], None]
 
 
 def open_monitor(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, device: torch.device,
-                 log: Log) -> KnnMonitor | None:
-    """The kNN monitor on the run's evaluation splits; None, with one note, when they have no labels."""
+                 log: Log, unlabelled: str | None = None) -> KnnMonitor | None:
+    """The kNN monitor on the run's evaluation splits; None, with at most one note, when they have no labels.
+
+    `unlabelled` is why the run has no labelled splits (`check_eval_splits`). Then the run's one
+    note says so: the end-of-run evaluation note when eval.linear is on, else this monitor's.
+    """
+    if unlabelled is not None:
+        if not config.eval.linear:
+            log(unlabelled_monitor_note(unlabelled))
+        return None
     target = eval_target(config)
     crop = trainer.stream.crops.size if isinstance(trainer.stream, StreamLoader) else aug_cfg.size
     try:
@@ -53,12 +61,12 @@ def open_monitor(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, de
 
 
 def watch_training(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, device: torch.device, log: Log,
-                   held: contextlib.ExitStack) -> None:
+                   held: contextlib.ExitStack, unlabelled: str | None = None) -> None:
     """On rank 0: give `trainer` its monitor and trackers; the trackers close when `held` does."""
     if not is_main():
         return
     if config.eval.monitor_every:
-        trainer.monitor = open_monitor(config, trainer, aug_cfg, device, log)
+        trainer.monitor = open_monitor(config, trainer, aug_cfg, device, log, unlabelled)
     if config.log.tensorboard or config.log.wandb:
         trackers = Trackers(config.log, trainer._output_dir(), resume_step=trainer.state.global_step,
                             settings=config.to_dict())
