@@ -24,7 +24,7 @@ import pytest
 # exactly that module. A module that matches no entry fails the layer test.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bottom", ("relssl", "relssl.errors", "relssl.registry", "relssl.distributed",
-                "relssl.optim", "relssl.dicts", "relssl.config", "relssl.progress")),
+                "relssl.optim", "relssl.dicts", "relssl.config", "relssl.progress", "relssl.files")),
     ("data/augment", ("relssl.data.*", "relssl.augment.*")),
     ("models/losses/cluster", ("relssl.models.*", "relssl.losses.*", "relssl.cluster.*")),
     ("evaluate", ("relssl.evaluate.*",)),

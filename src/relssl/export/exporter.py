@@ -8,9 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ from relssl.errors import CheckpointError, ConfigError
 from relssl.export.loading import load_backbone_info
 from relssl.export.onnx_export import export_onnx
 from relssl.export.state_dicts import state_dict_export
+from relssl.files import atomic_write
 from relssl.train.backbone_info import BackboneInfo
 
 __all__ = ["FORMATS", "ExportResult", "export_backbone"]
@@ -96,21 +94,12 @@ def _check_state_dict(backbone: nn.Module, state: dict[str, torch.Tensor], build
     return diff
 
 
+def _export_error(path: Path, err: BaseException) -> CheckpointError:
+    """The one-line error of a refused export write."""
+    detail = err.strerror if isinstance(err, OSError) and err.strerror else err
+    return CheckpointError(f"cannot write {path} ({detail}); free space or choose another --output")
+
+
 def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write `path` through a temporary file beside it, renamed when complete; a failure is one line."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as err:
-        raise CheckpointError(f"cannot write {path} ({err.strerror or err}); choose another --output") from None
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise CheckpointError(f"cannot write {path} ({err.strerror or err}); free space or choose another "
-                              "--output") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    """Write `path` through a temporary file beside it, readable by all, renamed when complete."""
+    atomic_write(path, write, _export_error, mode=0o644)

@@ -6,12 +6,10 @@ HTML; `write_report` ties them together and writes the page atomically.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 from relssl.errors import DataError
+from relssl.files import atomic_write
 from relssl.report.page import render_page
 from relssl.report.run_data import RunData, read_run
 
@@ -20,22 +18,19 @@ __all__ = ["REPORT_NAME", "RunData", "read_run", "render_page", "write_report"]
 REPORT_NAME = "report.html"
 
 
+def _report_error(path: Path, err: BaseException) -> DataError:
+    """The one-line error of a refused report write."""
+    detail = err.strerror if isinstance(err, OSError) and err.strerror else err
+    return DataError(f"cannot write the report {path} ({detail}); pass --output FILE in a writable folder")
+
+
 def _write_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`; a failure leaves `path` as it was."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except OSError as err:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise DataError(f"cannot write the report {path} ({err.strerror or err}); pass --output FILE in a "
-                        "writable folder") from None
+    """Write `text` to `path` atomically (readable by all); a failure leaves `path` as it was."""
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    atomic_write(path, write, _report_error, mode=0o644)
 
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:

@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from relssl import files
 from relssl.errors import CheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "WEIGHT_KEYS", "CheckpointError", "atomic_write", "is_write_failure",
@@ -61,24 +61,8 @@ def write_error(path: Path, err: BaseException) -> CheckpointError:
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write `path` through `write(temporary path)` in the same folder, fsync, then rename over `path`."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as err:
-        raise write_error(path, err) from None
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, Exception) and is_write_failure(err):
-            raise write_error(path, err) from None
-        raise
+    """Write a run file through `write(temporary path)` in the same folder, fsync, then rename over `path`."""
+    files.atomic_write(path, write, write_error, is_failure=is_write_failure)
 
 
 def write_text(path: Path, text: str) -> None:
