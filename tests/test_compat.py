@@ -84,8 +84,10 @@ def test_a_saved_config_that_predates_an_option_keeps_the_earlier_behaviour(meth
 
 
 def test_a_saved_flip_run_config_reads_back() -> None:
-    """Its saved section holds label_balance's default, which must not count as setting it."""
+    """The balance is moot for flip: its saved section holds 'weight', which reads back."""
     saved = build_config({"method": "relational", "relational": {"label_positives": "flip"}}).to_dict()
+    assert saved["relational"]["label_balance"] == "weight"
+    assert build_config({"method": "relational"}).relational.label_balance == "negatives"  # explicit's default
     assert build_config(saved, check_other_methods=False).relational.label_positives == "flip"
     with pytest.raises(ConfigError, match="label_balance': 'negatives' applies to label_positives 'explicit' only"):
         build_config({"method": "relational", "relational": {"label_positives": "flip", "label_balance": "negatives"}})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,10 +36,12 @@ class RelationalConfig(Section):
     # batch's other labelled images of its class (docs/methods/relational.md); "flip" only turns a
     # scheduled negative whose two images share a labelled class into a positive (the rule before issue 12).
     label_positives: Literal["explicit", "flip"] = "explicit"
-    # With explicit positives, positives and negatives keep equal total loss weight: "weight" keeps
-    # one negative per anchor and augmentation pair and down-weights each positive; "negatives" adds
-    # one more negative per label positive (same anchor and augmentation pair), so all pairs weigh alike.
-    label_balance: Literal["weight", "negatives"] = "weight"
+    # With explicit positives, positives and negatives keep equal total loss weight: "negatives" adds
+    # one more negative per label positive (same anchor and augmentation pair), so all pairs weigh
+    # alike, as in the paper's one negative per positive; "weight" keeps one negative per anchor and
+    # augmentation pair and down-weights each positive (the default until the 3-seed grid in
+    # docs/RESULTS.md showed "negatives" ahead). Moot with "flip", which stores "weight".
+    label_balance: Literal["weight", "negatives"] = "negatives"
     # With several processes: "local" builds pairs among each rank's own images (as the reference
     # code would per GPU; pairs grow as K^2 * M / ranks); "global" gathers every rank's features and
     # builds the pairs of the whole batch on every rank, the same as one process with the global batch.
@@ -59,9 +61,16 @@ class RelationalConfig(Section):
                              "aggregation 'cat'")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flip_stores_weight(cls, data: Any) -> Any:
+        # the balance is moot for flip: "weight" stands for it, so a saved flip run's config reads back
+        if isinstance(data, dict) and data.get("label_positives") == "flip" and "label_balance" not in data:
+            data = {**data, "label_balance": "weight"}
+        return data
+
     @model_validator(mode="after")
     def _balance_needs_explicit(self) -> RelationalConfig:
-        # a saved flip run's config holds the default balance, so only the non-default one is refused
         if self.label_balance != "weight" and self.label_positives != "explicit":
             raise ValueError("relational.label_balance: 'negatives' applies to label_positives 'explicit' only")
         return self
