@@ -204,18 +204,22 @@ def test_tutorial_runs_as_written(tmp_path: Path) -> None:
     stats = metrics["feature_stats"]
     assert stats["images"] == len(names) and stats["feature_dim"] == 512
     assert 1 <= stats["effective_rank"] <= 512 and stats["uniformity"] <= 0
-    assert "evaluation needs labels" in log
-    # 3: linear evaluation of the photos backbone on the labelled folder; the monitored, labelled run
+    assert log.count("evaluation needs labels") == 1  # step 1's note; the run watched on $LABELLED has none
+    # 3: linear evaluation of the photos backbone on the labelled folder; the run pretrained on the photos and
+    # monitored and evaluated on the labelled folder (eval.root)
     assert re.search(r"^linear evaluation .*top-1 [\d.]+%$", log, flags=re.M)
-    labelled_run = work / "runs" / "labelled"
-    monitor = (labelled_run / "monitor.csv").read_text().splitlines()
+    watched_run = work / "runs" / "watched"
+    monitor = (watched_run / "monitor.csv").read_text().splitlines()
     assert monitor[0] == "epoch,step,knn_top1" and len(monitor) >= 2
-    assert list((labelled_run / "tensorboard").rglob("events.out.tfevents.*"))
-    labelled_metrics = json.loads((labelled_run / "metrics.json").read_text())
+    assert list((watched_run / "tensorboard").rglob("events.out.tfevents.*"))
+    watched_metrics = json.loads((watched_run / "metrics.json").read_text())
     for key in ("linear_top1", "linear_std_top1", "random_init_linear_top1", "monitor"):
-        assert key in labelled_metrics, f"runs/labelled/metrics.json lacks {key}"
+        assert key in watched_metrics, f"runs/watched/metrics.json lacks {key}"
+    assert watched_metrics["eval_root"] == str(labelled) and "eval_skipped" not in watched_metrics
+    assert watched_metrics["eval_test_images"] == 4 * len(CLASSES)  # the labelled test split, not the photos
+    assert watched_metrics["feature_stats"]["images"] == len(names)
     # 4: the report
-    report = (labelled_run / "report.html").read_text()
+    report = (watched_run / "report.html").read_text()
     assert report.startswith("<!DOCTYPE html>") and report.count("<svg") >= 2  # the loss and monitor charts
     # 5: the exports
     from safetensors import safe_open

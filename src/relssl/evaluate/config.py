@@ -102,7 +102,7 @@ class EvalConfig(LinearEvalConfig):
     report_standardized: bool = True  # also report linear_std_top1 (features z-scored with train stats)
     feature_batch_size: int = Field(default=512, ge=1)
     dataset: str | None = None  # transfer: evaluate on another dataset than the pretraining one
-    root: str | None = None  # data root of eval.dataset
+    root: str | None = None  # data root of eval.dataset; alone: another folder of the pretraining dataset
     protocol: Literal["linear", "finetune", "semi"] = "linear"
     label_fraction: float = Field(default=0.01, gt=0, le=1)  # semi: labelled share of every class
     subset_seed: int = Field(default=0, ge=0)  # semi: seed of the labelled subset (fixed across runs by default)

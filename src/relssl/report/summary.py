@@ -20,7 +20,7 @@ __all__ = ["EvalRow", "evaluation_rows", "format_value", "other_metrics", "proto
 RANDOM_PREFIX = "random_init_"
 #: Run facts shown in the summary (metrics.json keys), so they stay out of the generic table.
 SUMMARY_KEYS = ("method", "backbone", "dataset", "seed", "train_steps", "train_epochs_completed", "train_seconds",
-                "finished", "eval_dataset", "eval_protocol", "data_skipped_images")
+                "finished", "eval_dataset", "eval_root", "eval_protocol", "data_skipped_images")
 #: Structured records drawn as charts elsewhere in the page.
 CHARTED_KEYS = ("diagnostics", "monitor")
 #: Prefixes of evaluation scores; a numeric key starting with one of them is a result.
@@ -109,7 +109,9 @@ def run_summary(data: RunData) -> list[tuple[str, str]]:
         ("training time", _duration(seconds)),
     ]
     if "eval_protocol" in m or "eval_dataset" in m:
-        rows.append(("evaluation", f"{format_value(m.get('eval_protocol'))} on {format_value(m.get('eval_dataset'))}"))
+        where = f" ({m['eval_root']})" if m.get("eval_root") else ""  # another folder than pretraining's
+        rows.append(("evaluation", f"{format_value(m.get('eval_protocol'))} on {format_value(m.get('eval_dataset'))}"
+                                   f"{where}"))
     if "data_skipped_images" in m:
         rows.append(("unreadable images skipped", format_value(m["data_skipped_images"])))
     return rows

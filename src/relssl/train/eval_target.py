@@ -1,11 +1,16 @@
-"""Where a run's evaluation reads (its own splits or eval.dataset), checked before the first training step.
+"""Where a run's evaluation reads (its own splits, or eval.dataset / eval.root), checked before the first step.
 
-A run is *unlabelled* when it evaluates on its own dataset at the default splits (no eval.dataset,
-data.eval_train_split or data.eval_test_split) and that dataset offers no labelled pair of splits:
-its evaluation train split has no labels at all (a folder without class sub-folders: no classes,
-every label -1), or it is a folder read whole, with no train/ and test/|val/ folders to hold a test
-split. Such a run trains, skips label-needing evaluation and the kNN monitor with one note, and
-reports label-free feature statistics only. Any other missing or unlabelled evaluation split stays an error.
+The run evaluates on its own data (`same`) unless eval.dataset names another dataset or eval.root
+another folder than data.root: then evaluation, the kNN monitor and their feature caches read that
+dataset at that root, like a transfer (pretrain on a flat folder of photos, evaluate on a labelled one).
+
+A run is *unlabelled* when it evaluates on its own data at the default splits (no eval.dataset,
+data.eval_train_split or data.eval_test_split; eval.root unset or naming data.root) and that data
+offers no labelled pair of splits: its evaluation train split has no labels at all (a folder without
+class sub-folders: no classes, every label -1), or it is a folder read whole, with no train/ and
+test/|val/ folders to hold a test split. Such a run trains, skips label-needing evaluation and the
+kNN monitor with one note, and reports label-free feature statistics only. Any other missing or
+unlabelled evaluation split stays an error.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from relssl.data import DataConfig, dataset_spec, load_listing, load_split
-from relssl.errors import ConfigError
+from relssl.data.load import resolve_root
+from relssl.errors import ConfigError, DataError
 from relssl.evaluate import eval_splits
 from relssl.train.config import RunConfig
 from relssl.train.inputs import TrainingInputs
@@ -33,20 +39,39 @@ class EvalTarget:
     data: DataConfig
     train_split: str
     test_split: str
-    same: bool  # evaluating on the pretraining dataset (else eval.dataset: a transfer)
+    same: bool  # evaluating on the pretraining data (else eval.dataset / eval.root: a transfer)
 
     def key(self, role: str) -> str:
         """The config key that chooses the `role` ("train" or "test") split."""
-        return f"data.eval_{role}_split" if self.same else "eval.dataset"
+        if self.same:
+            return f"data.eval_{role}_split"
+        return "eval.root" if self.root else "eval.dataset"
+
+
+def _same_folder(dataset: str, root: str | None, other: str | None) -> bool:
+    """Whether two roots of `dataset` are one folder (after defaults, `~`, links and relative paths)."""
+    if dataset_spec(dataset).source is None:  # held in memory (digits): a root changes nothing
+        return True
+    try:
+        return resolve_root(dataset, root).resolve() == resolve_root(dataset, other).resolve()
+    except DataError:  # unset where the dataset has no default root: reading it fails later, naming the key
+        return root == other
 
 
 def eval_target(config: RunConfig) -> EvalTarget:
-    """Where the run's evaluation reads: eval.dataset (transfer) or the run's own dataset and data.eval_*_split."""
+    """Where the run's evaluation reads: eval.dataset / eval.root (transfer), else the run's own data.
+
+    eval.root alone is another folder of the pretraining dataset; eval.dataset without eval.root is
+    that dataset at its default root. Only the pretraining dataset at the pretraining root (eval.root
+    unset, or naming the same folder) is the run's own data, where data.eval_*_split apply.
+    """
     ev, data = config.eval, config.data
     dataset = ev.dataset or data.dataset
-    same = dataset == data.dataset
-    root = ev.root if ev.dataset else data.root
-    # Transfer to another dataset: its own choice of streaming, the run's reader settings.
+    root = ev.root if ev.dataset or ev.root else data.root
+    same = dataset == data.dataset and (ev.root is None or _same_folder(dataset, ev.root, data.root))
+    if same:
+        root = data.root
+    # Transfer to another dataset or folder: its own choice of streaming and classes, the run's reader settings.
     eval_cfg = data if same else data.model_copy(update={"dataset": dataset, "root": root, "stream": None,
                                                          "class_list": None})
     train_split, test_split = eval_splits(dataset, data.eval_train_split if same else None,
@@ -87,6 +112,8 @@ def unlabelled_reason(config: RunConfig, inputs: TrainingInputs) -> str | None:
     if ev.dataset or data.eval_train_split or data.eval_test_split:
         return None  # the user chose where to evaluate: a split without labels there is an error
     target = eval_target(config)
+    if not target.same:
+        return None  # eval.root: another folder, whose splits must be labelled
     labels, num_classes = _split_labels(target, target.train_split, inputs, config.train.progress)
     where = f"{target.root}" if target.root else target.dataset
     if num_classes == 0 or (labels < 0).all():
@@ -104,7 +131,8 @@ def unlabelled_note(reason: str, run_dir: str, *, monitor: bool = False) -> str:
     also = ", as was the kNN monitor (eval.monitor_every)" if monitor else ""
     return (f"note: {reason}; evaluation needs labels, so it was skipped{also} (metrics.json has label-free feature "
             f"statistics instead). To measure accuracy: relssl eval linear --checkpoint {run_dir} --dataset imagefolder "
-            f"--data-root DIR, with DIR/train/<class>/ and DIR/test/<class>/ (or pretrain with --set eval.dataset=NAME)")
+            f"--data-root DIR, with DIR/train/<class>/ and DIR/test/<class>/ (or pretrain with --set eval.root=DIR, or "
+            "--set eval.dataset=NAME)")
 
 
 def unlabelled_monitor_note(reason: str) -> str:

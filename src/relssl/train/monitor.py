@@ -61,7 +61,7 @@ class KnnMonitor:
     """Weighted kNN (Wu et al. 2018: k = 20, tau = 0.07) from the eval train split to the eval test split.
 
     `samples` caps each split at that many images (a seeded random subset, fixed for the whole run),
-    which makes a measurement cheap on a large dataset.
+    which makes a measurement cheap on a large dataset. A memory bank smaller than k votes with all its images.
     """
 
     def __init__(self, data: EvalData | StreamedEvalData, *, mean: tuple[float, ...], std: tuple[float, ...],
@@ -107,5 +107,5 @@ class KnnMonitor:
         with torch.random.fork_rng(devices=devices):
             bank_x, bank_y, _ = readable_rows(self._features(backbone, self.bank), self.bank.labels.numpy())
             query_x, query_y, _ = readable_rows(self._features(backbone, self.query), self.query.labels.numpy())
-        return knn_accuracy(bank_x.to(self.device), bank_y, query_x.to(self.device), query_y, k=self.k,
-                            temperature=self.temperature, num_classes=self.num_classes)
+        return knn_accuracy(bank_x.to(self.device), bank_y, query_x.to(self.device), query_y,
+                            k=min(self.k, len(bank_y)), temperature=self.temperature, num_classes=self.num_classes)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from relssl.augment import AugmentConfig
+from relssl.data.load import resolve_root
 from relssl.data.stream import StreamLoader
 from relssl.distributed import (
     all_gather_objects,
@@ -249,8 +250,9 @@ def _evaluate(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, devic
               run_dir: Path, log: Log) -> dict[str, Any]:
     """The configured evaluation protocol on the learned backbone (and its random init if enabled).
 
-    eval.dataset (transfer, grain) evaluates on another dataset than pretraining; the run's own
-    evaluation splits (data.eval_*_split) apply only to its own dataset.
+    eval.dataset (transfer, grain) evaluates on another dataset than pretraining, eval.root on another
+    folder (metrics.json names it, eval_root); the run's own evaluation splits (data.eval_*_split)
+    apply only to its own data.
     """
     ev = config.eval
     target = eval_target(config)
@@ -265,4 +267,5 @@ def _evaluate(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, devic
     context = EvalContext(config=ev, finetune=config.finetune, data=eval_data, dataset=dataset, mean=mean, std=std,
                           size=aug_cfg.size, device=device, cache=FeatureCache(run_dir / "features"),
                           seed=config.seed, progress=config.train.progress, log=log)
-    return {**evaluate_backbones(backbones, context), "eval_test_images": eval_data.size("test")}
+    where = {"eval_root": str(resolve_root(dataset, target.root))} if not target.same and target.root else {}
+    return {**evaluate_backbones(backbones, context), **where, "eval_test_images": eval_data.size("test")}

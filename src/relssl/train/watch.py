@@ -55,8 +55,9 @@ def open_monitor(config: RunConfig, trainer: Trainer, aug_cfg: AugmentConfig, de
                          samples=config.eval.monitor_samples, seed=config.seed,
                          batch_size=config.eval.feature_batch_size)
     bank, query = monitor.sizes
-    log(f"kNN monitor every {config.eval.monitor_every} epoch(s): {bank} {target.train_split} images as the memory "
-        f"bank, {query} {target.test_split} images scored")
+    where = f" of {target.root}" if not target.same and target.root else ""
+    log(f"kNN monitor every {config.eval.monitor_every} epoch(s): {bank} {target.train_split} images{where} as the "
+        f"memory bank, {query} {target.test_split} images scored" + (f" (k = {bank})" if bank < monitor.k else ""))
     return monitor
 
 
