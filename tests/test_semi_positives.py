@@ -60,7 +60,7 @@ def reference_negatives(labels: list[int], k: int, balance: str) -> Counter:
                 def allowed(b: int, a: int = a) -> bool:
                     return b != a and not (labels[a] >= 0 and labels[b] == labels[a])
                 same = sum(1 for b in range(m) if b != a and labels[a] >= 0 and labels[b] == labels[a])
-                want = 1 + (same if balance == "negatives" else 0)
+                want = {"weight": 1, "negatives": 1 + same, "dense": m if labels[a] >= 0 else 1}[balance]
                 walk = [(a - shift - r) % m for r in range(m)]
                 for b in [b for b in walk if allowed(b)][:want]:
                     out[(i, a, j, b)] += 1
@@ -68,7 +68,7 @@ def reference_negatives(labels: list[int], k: int, balance: str) -> Counter:
     return out
 
 
-@pytest.mark.parametrize("balance", ["weight", "negatives"])
+@pytest.mark.parametrize("balance", ["weight", "negatives", "dense"])
 def test_positives_are_every_promised_same_class_pair_and_nothing_else(balance):
     pairs, targets, _ = decoded_pairs(LABELS, K, balance)
     positives = Counter(p for p, t in zip(pairs, targets) if t == 1)
@@ -82,7 +82,7 @@ def test_positives_are_every_promised_same_class_pair_and_nothing_else(balance):
     assert len(positives) == 3 * (10 + 16)
 
 
-@pytest.mark.parametrize("balance", ["weight", "negatives"])
+@pytest.mark.parametrize("balance", ["weight", "negatives", "dense"])
 def test_negatives_follow_the_documented_walk_and_never_share_a_labelled_class(balance):
     pairs, targets, _ = decoded_pairs(LABELS, K, balance)
     negatives = Counter(p for p, t in zip(pairs, targets) if t == 0)
@@ -92,8 +92,14 @@ def test_negatives_follow_the_documented_walk_and_never_share_a_labelled_class(b
     n_pos = int(targets.sum())
     if balance == "weight":
         assert len(negatives) == 3 * len(LABELS)  # one per anchor and augmentation pair, as the paper
-    else:
+    elif balance == "negatives":
         assert sum(negatives.values()) == n_pos  # one more negative for each label positive
+    else:  # a labelled anchor meets every image not of its class once per augmentation pair
+        for y in set(LABELS) - {-1}:
+            a = LABELS.index(y)
+            partners = {b for (_, a2, _, b) in negatives if a2 == a}
+            assert partners == {b for b in range(len(LABELS)) if LABELS[b] != y}
+        assert sum(negatives.values()) == 3 * (2 + sum(sum(1 for z in LABELS if z != y) for y in LABELS if y >= 0))
 
 
 def test_unlabelled_batch_gives_exactly_the_scheduled_pairs():
@@ -115,7 +121,7 @@ def test_negatives_are_capped_by_the_images_available():
     assert weights[targets == 0].sum() == pytest.approx(0.5) and weights[targets == 1].sum() == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("balance", ["weight", "negatives"])
+@pytest.mark.parametrize("balance", ["weight", "negatives", "dense"])
 def test_positives_and_negatives_carry_equal_total_weight(balance):
     _, targets, weights = decoded_pairs(LABELS, K, balance)
     pos, neg = weights[targets == 1], weights[targets == 0]
@@ -140,7 +146,7 @@ def reference_loss(z: torch.Tensor, labels: list[int], k: int, balance: str, gam
         0.5 * terms(reference_negatives(labels, k, balance), 0.0).mean()
 
 
-@pytest.mark.parametrize("balance", ["weight", "negatives"])
+@pytest.mark.parametrize("balance", ["weight", "negatives", "dense"])
 def test_weighted_loss_values_and_gradients_match_the_reference(balance):
     torch.manual_seed(0)
     z0 = torch.randn(K * len(LABELS), 5, dtype=torch.float64)

@@ -10,9 +10,10 @@ in row-major order (the schedule of the augmentation positives), the pairs are
   and (b^i, a^j); same-view pairs (a^i, b^i) are not formed, as for augmentation positives;
 * negatives: each anchor a takes the first `1 + e_a` images of the walk (a - s_c), (a - s_c - 1),
   ... (mod M) that are neither a nor labelled with a's class, with s_c the reference shift of
-  `negative_shifts`; e_a = 0 for balance `weight` and e_a = the number of a's label partners for
-  balance `negatives` (capped by the images available). Without labels this is exactly the
-  scheduled negative (view i of n, view j of (n - s_c) mod M).
+  `negative_shifts`; e_a = 0 for balance `weight`, e_a = the number of a's label partners for
+  balance `negatives`, and for balance `dense` every allowed image when a is labelled (e_a = 0
+  when it is not); always capped by the images available. Without labels this is exactly the
+  scheduled negative (view i of n, view j of (n - s_c) mod M) under every balance.
 
 Unlabelled images (label -1) take part in augmentation positives and negatives only. The loss
 weights give positives and negatives equal total weight: every positive has weight 1/(2 P+) and
@@ -28,8 +29,8 @@ import torch
 
 from relssl.losses.relational import aggregate, check_aggregation, focal_bce_terms
 
-LABEL_BALANCES = ("weight", "negatives")
-Balance = Literal["weight", "negatives"]
+LABEL_BALANCES = ("weight", "negatives", "dense")
+Balance = Literal["weight", "negatives", "dense"]
 
 
 def _augmentation_views(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,8 +94,13 @@ def semi_supervised_pair_index(labels: torch.Tensor, k: int, balance: Balance = 
     images = torch.arange(m, device=device)
     anchors, partners = same_class_pairs(labels)
     n_same = anchors.shape[0]
-    extra = torch.bincount(anchors, minlength=m) if balance == "negatives" else torch.zeros_like(images)
-    neg_c, neg_a, neg_b = negative_partners(labels, shifts, extra, extra_negatives=balance == "negatives")
+    if balance == "negatives":  # one more negative per label positive
+        extra = torch.bincount(anchors, minlength=m)
+    elif balance == "dense":  # a labelled anchor takes every allowed image (the cap in negative_partners)
+        extra = torch.where(labels >= 0, m, 0)
+    else:
+        extra = torch.zeros_like(images)
+    neg_c, neg_a, neg_b = negative_partners(labels, shifts, extra, extra_negatives=balance != "weight")
     c = torch.cat((c_all.repeat_interleave(m), c_all.repeat_interleave(n_same), neg_c))
     left = torch.cat((images.repeat(n_aug), anchors.repeat(n_aug), neg_a))
     right = torch.cat((images.repeat(n_aug), partners.repeat(n_aug), neg_b))

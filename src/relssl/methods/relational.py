@@ -40,8 +40,10 @@ class RelationalConfig(Section):
     # one more negative per label positive (same anchor and augmentation pair), so all pairs weigh
     # alike, as in the paper's one negative per positive; "weight" keeps one negative per anchor and
     # augmentation pair and down-weights each positive (the default until the 3-seed grid in
-    # docs/RESULTS.md showed "negatives" ahead). Moot with "flip", which stores "weight".
-    label_balance: Literal["weight", "negatives"] = "negatives"
+    # docs/RESULTS.md showed "negatives" ahead); "dense" gives each labelled anchor every image of
+    # the batch not of its class as a negative (SupCon-like; more head work). Moot with "flip",
+    # which stores "weight".
+    label_balance: Literal["weight", "negatives", "dense"] = "negatives"
     # With several processes: "local" builds pairs among each rank's own images (as the reference
     # code would per GPU; pairs grow as K^2 * M / ranks); "global" gathers every rank's features and
     # builds the pairs of the whole batch on every rank, the same as one process with the global batch.
@@ -72,7 +74,8 @@ class RelationalConfig(Section):
     @model_validator(mode="after")
     def _balance_needs_explicit(self) -> RelationalConfig:
         if self.label_balance != "weight" and self.label_positives != "explicit":
-            raise ValueError("relational.label_balance: 'negatives' applies to label_positives 'explicit' only")
+            raise ValueError(f"relational.label_balance: {self.label_balance!r} applies to label_positives "
+                             "'explicit' only")
         return self
 
 
