@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 from relssl.cli import main
 from relssl.data import load_split
@@ -42,13 +43,23 @@ def _losses(run: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A monitored run with both trackers on (wandb offline), and the same run unmonitored."""
+    """A monitored run with both trackers on (wandb offline), and the same run unmonitored.
+
+    Trained on one thread, as the tests that compare against them run (the function-scoped
+    `one_thread` fixture starts only after this module-scoped one), so the floats agree bit for bit.
+    """
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ["WANDB_MODE"] = "offline"
     root = tmp_path_factory.mktemp("monitor")
-    assert _train(root, "watched", *MONITOR, "--set", "log.tensorboard=true", "--set", "log.wandb=true",
-                  "--set", "log.wandb_mode=offline") == 0
-    assert _train(root, "plain") == 0
+    before = torch.get_num_threads()
+    with threadpool_limits(limits=1):
+        torch.set_num_threads(1)
+        try:
+            assert _train(root, "watched", *MONITOR, "--set", "log.tensorboard=true", "--set", "log.wandb=true",
+                          "--set", "log.wandb_mode=offline") == 0
+            assert _train(root, "plain") == 0
+        finally:
+            torch.set_num_threads(before)
     return root
 
 
