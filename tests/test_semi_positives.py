@@ -60,7 +60,8 @@ def reference_negatives(labels: list[int], k: int, balance: str) -> Counter:
                 def allowed(b: int, a: int = a) -> bool:
                     return b != a and not (labels[a] >= 0 and labels[b] == labels[a])
                 same = sum(1 for b in range(m) if b != a and labels[a] >= 0 and labels[b] == labels[a])
-                want = {"weight": 1, "negatives": 1 + same, "dense": m if labels[a] >= 0 else 1}[balance]
+                dense = m if labels[a] >= 0 else 1
+                want = {"weight": 1, "negatives": 1 + same, "dense": dense, "dense_per_anchor": dense}[balance]
                 walk = [(a - shift - r) % m for r in range(m)]
                 for b in [b for b in walk if allowed(b)][:want]:
                     out[(i, a, j, b)] += 1
@@ -68,7 +69,7 @@ def reference_negatives(labels: list[int], k: int, balance: str) -> Counter:
     return out
 
 
-@pytest.mark.parametrize("balance", ["weight", "negatives", "dense"])
+@pytest.mark.parametrize("balance", ["weight", "negatives", "dense", "dense_per_anchor"])
 def test_positives_are_every_promised_same_class_pair_and_nothing_else(balance):
     pairs, targets, _ = decoded_pairs(LABELS, K, balance)
     positives = Counter(p for p, t in zip(pairs, targets) if t == 1)
@@ -82,7 +83,7 @@ def test_positives_are_every_promised_same_class_pair_and_nothing_else(balance):
     assert len(positives) == 3 * (10 + 16)
 
 
-@pytest.mark.parametrize("balance", ["weight", "negatives", "dense"])
+@pytest.mark.parametrize("balance", ["weight", "negatives", "dense", "dense_per_anchor"])
 def test_negatives_follow_the_documented_walk_and_never_share_a_labelled_class(balance):
     pairs, targets, _ = decoded_pairs(LABELS, K, balance)
     negatives = Counter(p for p, t in zip(pairs, targets) if t == 0)
@@ -121,13 +122,28 @@ def test_negatives_are_capped_by_the_images_available():
     assert weights[targets == 0].sum() == pytest.approx(0.5) and weights[targets == 1].sum() == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("balance", ["weight", "negatives", "dense"])
+@pytest.mark.parametrize("balance", ["weight", "negatives", "dense", "dense_per_anchor"])
 def test_positives_and_negatives_carry_equal_total_weight(balance):
-    _, targets, weights = decoded_pairs(LABELS, K, balance)
+    pairs, targets, weights = decoded_pairs(LABELS, K, balance)
     pos, neg = weights[targets == 1], weights[targets == 0]
     assert pos.sum() == pytest.approx(0.5, rel=1e-6) and neg.sum() == pytest.approx(0.5, rel=1e-6)
     np.testing.assert_allclose(pos, 0.5 / len(pos), rtol=1e-6)  # every positive weighs the same
-    np.testing.assert_allclose(neg, 0.5 / len(neg), rtol=1e-6)
+    if balance != "dense_per_anchor":
+        np.testing.assert_allclose(neg, 0.5 / len(neg), rtol=1e-6)
+        return
+    groups: dict[tuple[int, int], list[float]] = {}  # (augmentation pair's left view, anchor) -> weights
+    for (i, a, j, _), t, w in zip(pairs, targets, weights):
+        if t == 0:
+            groups.setdefault((i * K + j, a), []).append(float(w))
+    assert len(groups) == 3 * len(LABELS)  # every anchor has negatives for every augmentation pair
+    for ws in groups.values():  # one anchor's share, split evenly
+        assert sum(ws) == pytest.approx(0.5 / len(groups), rel=1e-6)
+        np.testing.assert_allclose(ws, ws[0], rtol=1e-6)
+
+
+def test_per_anchor_weighting_without_labels_is_the_unsupervised_mean():
+    _, targets, weights = decoded_pairs([-1] * 6, 3, "dense_per_anchor")
+    np.testing.assert_allclose(weights, 1.0 / len(weights), rtol=1e-6)
 
 
 def reference_loss(z: torch.Tensor, labels: list[int], k: int, balance: str, gamma: float) -> torch.Tensor:
@@ -142,11 +158,17 @@ def reference_loss(z: torch.Tensor, labels: list[int], k: int, balance: str, gam
         log_p = F.logsigmoid(logits) if target == 1 else F.logsigmoid(-logits)
         return -0.5 * p_wrong**gamma * log_p
 
-    return 0.5 * terms(reference_positives(labels, k), 1.0).mean() + \
-        0.5 * terms(reference_negatives(labels, k, balance), 0.0).mean()
+    negatives = reference_negatives(labels, k, balance)
+    if balance != "dense_per_anchor":
+        return 0.5 * terms(reference_positives(labels, k), 1.0).mean() + 0.5 * terms(negatives, 0.0).mean()
+    by_anchor: dict[tuple[int, int, int], Counter] = {}  # mean within each (i, j, anchor), then over them
+    for (i, a, j, b), count in negatives.items():
+        by_anchor.setdefault((i, j, a), Counter())[(i, a, j, b)] += count
+    anchor_means = torch.stack([terms(group, 0.0).mean() for group in by_anchor.values()])
+    return 0.5 * terms(reference_positives(labels, k), 1.0).mean() + 0.5 * anchor_means.mean()
 
 
-@pytest.mark.parametrize("balance", ["weight", "negatives", "dense"])
+@pytest.mark.parametrize("balance", ["weight", "negatives", "dense", "dense_per_anchor"])
 def test_weighted_loss_values_and_gradients_match_the_reference(balance):
     torch.manual_seed(0)
     z0 = torch.randn(K * len(LABELS), 5, dtype=torch.float64)

@@ -12,13 +12,15 @@ in row-major order (the schedule of the augmentation positives), the pairs are
   ... (mod M) that are neither a nor labelled with a's class, with s_c the reference shift of
   `negative_shifts`; e_a = 0 for balance `weight`, e_a = the number of a's label partners for
   balance `negatives`, and for balance `dense` every allowed image when a is labelled (e_a = 0
-  when it is not); always capped by the images available. Without labels this is exactly the
+  when it is not), as for `dense_per_anchor`; always capped by the images available. Without labels this is exactly the
   scheduled negative (view i of n, view j of (n - s_c) mod M) under every balance.
 
 Unlabelled images (label -1) take part in augmentation positives and negatives only. The loss
 weights give positives and negatives equal total weight: every positive has weight 1/(2 P+) and
 every negative 1/(2 P-), so the weighted mean is ½ (mean over positives) + ½ (mean over negatives),
-which without labels is the paper's plain mean.
+which without labels is the paper's plain mean. `dense_per_anchor` weighs negatives per anchor
+instead: each (augmentation pair, anchor) holding negatives gets 1/(2 G) of the weight (G such
+groups), split evenly among its negatives.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import torch
 
 from relssl.losses.relational import aggregate, check_aggregation, focal_bce_terms
 
-LABEL_BALANCES = ("weight", "negatives", "dense")
-Balance = Literal["weight", "negatives", "dense"]
+LABEL_BALANCES = ("weight", "negatives", "dense", "dense_per_anchor")
+Balance = Literal["weight", "negatives", "dense", "dense_per_anchor"]
 
 
 def _augmentation_views(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +98,7 @@ def semi_supervised_pair_index(labels: torch.Tensor, k: int, balance: Balance = 
     n_same = anchors.shape[0]
     if balance == "negatives":  # one more negative per label positive
         extra = torch.bincount(anchors, minlength=m)
-    elif balance == "dense":  # a labelled anchor takes every allowed image (the cap in negative_partners)
+    elif balance in ("dense", "dense_per_anchor"):  # a labelled anchor takes every allowed image (capped)
         extra = torch.where(labels >= 0, m, 0)
     else:
         extra = torch.zeros_like(images)
@@ -109,7 +111,14 @@ def semi_supervised_pair_index(labels: torch.Tensor, k: int, balance: Balance = 
     targets[:n_pos] = 1.0
     n_neg = c.shape[0] - n_pos
     pos_weight = 1.0 / n_pos if n_neg == 0 else 0.5 / n_pos
-    neg_weight = 0.5 / n_neg if n_neg else 0.0
+    neg_weight: float | torch.Tensor = 0.5 / n_neg if n_neg else 0.0
+    if balance == "dense_per_anchor" and n_neg:
+        # each (augmentation pair, anchor) with negatives holds an equal share of the negative half,
+        # split evenly among its negatives: unlabelled anchors keep the weight they have without labels
+        group = neg_c * m + neg_a
+        per_group = torch.bincount(group, minlength=n_aug * m)
+        groups = (per_group > 0).sum()
+        neg_weight = torch.cat((torch.zeros(n_pos, device=device), 0.5 / (groups * per_group[group])))
     weights = torch.where(targets > 0, pos_weight, neg_weight)
     return vi[c] * m + left, vj[c] * m + right, targets, weights
 

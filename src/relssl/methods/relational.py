@@ -41,9 +41,9 @@ class RelationalConfig(Section):
     # alike, as in the paper's one negative per positive; "weight" keeps one negative per anchor and
     # augmentation pair and down-weights each positive (the default until the 3-seed grid in
     # docs/RESULTS.md showed "negatives" ahead); "dense" gives each labelled anchor every image of
-    # the batch not of its class as a negative (SupCon-like; more head work). Moot with "flip",
-    # which stores "weight".
-    label_balance: Literal["weight", "negatives", "dense"] = "negatives"
+    # the batch not of its class as a negative (SupCon-like; more head work); "dense_per_anchor" the
+    # same negatives, each anchor's sharing one anchor's weight. Moot with "flip", which stores "weight".
+    label_balance: Literal["weight", "negatives", "dense", "dense_per_anchor"] = "negatives"
     # With several processes: "local" builds pairs among each rank's own images (as the reference
     # code would per GPU; pairs grow as K^2 * M / ranks); "global" gathers every rank's features and
     # builds the pairs of the whole batch on every rank, the same as one process with the global batch.
