@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from relssl.errors import ConfigError, DataError
+from relssl.files import atomic_write
 
 __all__ = ["EmbedState", "files_digest", "weights_digest"]
 
@@ -138,11 +139,16 @@ class EmbedState:
         return len(keep)
 
 
+def _embed_write_error(path: Path, err: BaseException) -> DataError:
+    """The one-line error of a refused write into the embedding output."""
+    detail = err.strerror if isinstance(err, OSError) and err.strerror else err
+    return DataError(f"cannot write {path} ({detail}); free space or choose another --output")
+
+
 def _write_text(path: Path, text: str) -> None:
-    """Write `path` through a temporary file and a rename, so a kill leaves the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise DataError(f"cannot write {path} ({err.strerror or err}); free space or choose another --output") from None
+    """Write `path` atomically (relssl.files), so a kill leaves the old or the new file."""
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    atomic_write(path, write, _embed_write_error, mode=0o644)

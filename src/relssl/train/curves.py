@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from relssl.files import atomic_write
 from relssl.train.checkpoint import write_error
 
 __all__ = ["read_columns", "smooth", "write_loss_plot"]
@@ -69,12 +70,7 @@ def write_loss_plot(run_dir: Path) -> Path | None:
         knn.set(xlabel="step", ylabel="kNN top-1 (%)", title="kNN monitor (evaluation split)")
         knn.grid(alpha=0.3)
     path = run_dir / "loss.png"
-    tmp = path.with_name(".loss.png.tmp")
     FigureCanvasAgg(fig)
-    try:
-        fig.savefig(tmp, dpi=100, format="png", facecolor="white")
-        tmp.replace(path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, err) from None
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png", facecolor="white"), write_error,
+                 mode=0o644)
     return path
