@@ -300,3 +300,112 @@ def test_semi_supervised_grid_runs_four_label_fractions_with_three_seeds(tmp_pat
         assert cfg.relational.labelled_fraction == fractions[run.split("_")[0]], run
         assert cfg.relational.label_positives == "explicit" and cfg.relational.k == 4
         assert cfg.train.max_steps == 2000 and cfg.seed == int(run[-1])
+
+
+def reference_label_term_pairs(labels: list[int], k: int) -> tuple[Counter, Counter]:
+    """`label_term`'s label pairs by loops: (i, a, j, b) for i < j and every ordered pair a != b of labelled images."""
+    positives: Counter = Counter()
+    negatives: Counter = Counter()
+    m = len(labels)
+    for i in range(k):
+        for j in range(i + 1, k):
+            for a in range(m):
+                for b in range(m):
+                    if a != b and labels[a] >= 0 and labels[b] >= 0:
+                        (positives if labels[a] == labels[b] else negatives)[(i, a, j, b)] += 1
+    return positives, negatives
+
+
+def split_label_term(labels: list[int], k: int, label_weight: float = 0.5) -> dict[str, list]:
+    """The pairs (with their weights) of the two terms, in the documented order: unsupervised first, then labels."""
+    z = view_image_features(k, len(labels))
+    pairs, targets, weights = semi_supervised_pairs(z, k, torch.tensor(labels), "cat", "label_term", label_weight)
+    rows = [tuple(int(x) for x in p) for p in pairs.tolist()]
+    n_unsup = 2 * (k * (k - 1) // 2) * len(labels)  # one positive and one walk negative per anchor and pair
+    parts: dict[str, list] = {"aug_pos": [], "walk_neg": [], "label_pos": [], "label_neg": []}
+    for n, (row, t, w) in enumerate(zip(rows, targets.tolist(), weights.tolist())):
+        part = ("aug_pos" if t == 1 else "walk_neg") if n < n_unsup else ("label_pos" if t == 1 else "label_neg")
+        parts[part].append((row, w))
+    return parts
+
+
+def test_label_term_pairs_every_labelled_pair_and_keeps_the_unsupervised_pairs():
+    parts = split_label_term(LABELS, K)
+    m = len(LABELS)
+    assert Counter(row for row, _ in parts["aug_pos"]) == Counter(
+        (i, n, j, n) for i in range(K) for j in range(i + 1, K) for n in range(m))
+    assert Counter(row for row, _ in parts["walk_neg"]) == reference_negatives(LABELS, K, "weight")
+    positives, negatives = reference_label_term_pairs(LABELS, K)
+    assert Counter(row for row, _ in parts["label_pos"]) == positives
+    assert Counter(row for row, _ in parts["label_neg"]) == negatives
+    unlabelled = {n for n, y in enumerate(LABELS) if y < 0}
+    # an unlabelled image (perhaps of the anchor's class) is never a label negative
+    assert not any(a in unlabelled or b in unlabelled for (_, a, _, b), _ in parts["label_neg"])
+    assert len(parts["label_pos"]) == 3 * 16 and len(parts["label_neg"]) == 3 * (8 * 7 - 16)
+
+
+@pytest.mark.parametrize("label_weight", [0.5, 0.2])
+def test_label_term_weights_split_the_loss_between_the_two_terms(label_weight):
+    parts = split_label_term(LABELS, K, label_weight)
+    shares = {name: sum(w for _, w in rows) for name, rows in parts.items()}
+    assert shares["aug_pos"] == pytest.approx((1 - label_weight) / 2, rel=1e-6)
+    assert shares["walk_neg"] == pytest.approx((1 - label_weight) / 2, rel=1e-6)
+    assert shares["label_pos"] == pytest.approx(label_weight / 2, rel=1e-6)
+    assert shares["label_neg"] == pytest.approx(label_weight / 2, rel=1e-6)
+    for rows in parts.values():  # evenly within each part
+        np.testing.assert_allclose([w for _, w in rows], rows[0][1], rtol=1e-6)
+
+
+def test_label_term_without_labels_is_the_unsupervised_mean_and_empty_parts_drop_out():
+    parts = split_label_term([-1] * 6, 3)
+    assert not parts["label_pos"] and not parts["label_neg"]
+    weights = [w for rows in parts.values() for _, w in rows]
+    np.testing.assert_allclose(weights, 1.0 / len(weights), rtol=1e-6)
+    assert Counter(row for row, _ in parts["walk_neg"]) == reference_negatives([-1] * 6, 3, "weight")
+    # labelled images of different classes only: no label positive, so the label negatives keep lambda/2
+    parts = split_label_term([0, 1, 2, -1, -1], 2, 0.5)
+    assert not parts["label_pos"] and len(parts["label_neg"]) == 6
+    total = 0.25 + 0.25 + 0.25
+    assert sum(w for _, w in parts["label_neg"]) == pytest.approx(0.25 / total, rel=1e-6)
+    assert sum(w for _, w in parts["aug_pos"]) == pytest.approx(0.25 / total, rel=1e-6)
+
+
+def test_label_term_loss_values_and_gradients_match_the_paper_terms_by_hand():
+    torch.manual_seed(0)
+    z0 = torch.randn(K * len(LABELS), 5, dtype=torch.float64)
+    z = z0.clone().requires_grad_()
+    pairs, targets, weights = semi_supervised_pairs(z, K, torch.tensor(LABELS), "cat", "label_term", 0.3)
+    loss = weighted_focal_bce((pairs[:, :5] * pairs[:, 5:]).sum(1), targets, weights, gamma=2.0)
+    loss.backward()
+    z_ref = z0.clone().requires_grad_()
+    m = len(LABELS)
+
+    def mean_term(rows: Counter, target: float) -> torch.Tensor:
+        logits = torch.stack([z_ref[i * m + a] @ z_ref[j * m + b] for (i, a, j, b), c in rows.items() for _ in range(c)])
+        p_wrong = 1 - torch.sigmoid(logits) if target == 1 else torch.sigmoid(logits)
+        log_p = F.logsigmoid(logits) if target == 1 else F.logsigmoid(-logits)
+        return (-0.5 * p_wrong**2 * log_p).mean()  # relssl's focal term carries the factor 1/2 (Eq. 7-8)
+
+    aug = Counter((i, n, j, n) for i in range(K) for j in range(i + 1, K) for n in range(m))
+    label_pos, label_neg = reference_label_term_pairs(LABELS, K)
+    ref = 0.7 * (0.5 * mean_term(aug, 1.0) + 0.5 * mean_term(reference_negatives(LABELS, K, "weight"), 0.0)) \
+        + 0.3 * (0.5 * mean_term(label_pos, 1.0) + 0.5 * mean_term(label_neg, 0.0))
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)  # the weights are float32
+    torch.testing.assert_close(z.grad, z_ref.grad, rtol=1e-5, atol=1e-9)
+
+
+def test_label_term_step_trains_and_label_weight_is_validated():
+    method = _method(**{"relational.labelled_fraction": 0.5, "relational.label_balance": "label_term",
+                        "relational.label_weight": 0.4})
+    torch.manual_seed(2)
+    views = torch.randn(K * 6, 3, 16, 16)
+    out = method.training_step(views, torch.tensor([0, 0, 1, -1, 1, 0]), torch.arange(6))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.backbone.parameters() if p.dim() > 1)
+    with pytest.raises(ConfigError, match="label_weight applies to label_balance 'label_term' only"):
+        build_config({}, {"relational.label_weight": 0.3})
+    for bad in (0.0, 1.0):
+        with pytest.raises(ConfigError, match="label_weight"):
+            build_config({}, {"relational.label_balance": "label_term", "relational.label_weight": bad})

@@ -21,6 +21,16 @@ every negative 1/(2 P-), so the weighted mean is ½ (mean over positives) + ½ (
 which without labels is the paper's plain mean. `dense_per_anchor` weighs negatives per anchor
 instead: each (augmentation pair, anchor) holding negatives gets 1/(2 G) of the weight (G such
 groups), split evenly among its negatives.
+
+`label_term` keeps the two tasks apart. The unsupervised term is the `weight` balance's pairs
+without label positives (augmentation positives and one walk negative per anchor, which never shares
+a labelled class). The label term pairs every ordered pair a != b of labelled images, for every
+augmentation pair: same class gives a label positive, a different class a label negative. The label
+term has share `label_weight` (lambda) of the loss and the unsupervised term 1 - lambda. Each term
+splits its share half to positives and half to negatives, evenly within each half. A part without
+pairs (a batch with no same-class labelled pair) drops out, and the weights are renormalised to sum
+to 1. Unlabelled images never enter the label term, so an unlabelled image of the anchor's own class
+is never made its label negative.
 """
 
 from __future__ import annotations
@@ -31,8 +41,8 @@ import torch
 
 from relssl.losses.relational import aggregate, check_aggregation, focal_bce_terms
 
-LABEL_BALANCES = ("weight", "negatives", "dense", "dense_per_anchor")
-Balance = Literal["weight", "negatives", "dense", "dense_per_anchor"]
+LABEL_BALANCES = ("weight", "negatives", "dense", "dense_per_anchor", "label_term")
+Balance = Literal["weight", "negatives", "dense", "dense_per_anchor", "label_term"]
 
 
 def _augmentation_views(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +58,15 @@ def same_class_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     same.fill_diagonal_(False)
     anchors, partners = same.nonzero(as_tuple=True)
     return anchors, partners
+
+
+def labelled_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Anchor, partner and same-class flag of every ordered pair a != b of labelled images (row-major)."""
+    labelled = labels >= 0
+    both = labelled[:, None] & labelled[None, :]
+    both.fill_diagonal_(False)
+    anchors, partners = both.nonzero(as_tuple=True)
+    return anchors, partners, labels[anchors] == labels[partners]
 
 
 def negative_partners(labels: torch.Tensor, shifts: torch.Tensor, extra: torch.Tensor,
@@ -80,14 +99,53 @@ def negative_partners(labels: torch.Tensor, shifts: torch.Tensor, extra: torch.T
     return c[valid], a.expand_as(rank)[valid], partner[valid]
 
 
-def semi_supervised_pair_index(labels: torch.Tensor, k: int, balance: Balance = "weight") -> tuple[
+def label_term_pair_index(labels: torch.Tensor, k: int, label_weight: float) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of z, targets and weights of the `label_term` balance (module docstring).
+
+    Order: augmentation positives (c, n), walk negatives (c, a), then the label term's pairs (c, a, b)
+    in row-major order of the ordered labelled pairs, positives and negatives interleaved.
+    """
+    if not 0.0 < label_weight < 1.0:
+        raise ValueError(f"label_weight must lie strictly between 0 and 1; got {label_weight}")
+    m, device = labels.shape[0], labels.device
+    vi, vj = _augmentation_views(k, device)
+    n_aug = vi.shape[0]
+    c_all = torch.arange(n_aug, device=device)
+    shifts = (c_all % (m - 1)) + 1
+    images = torch.arange(m, device=device)
+    neg_c, neg_a, neg_b = negative_partners(labels, shifts, torch.zeros_like(images), extra_negatives=False)
+    anchors, partners, same = labelled_pairs(labels)
+    n_label = anchors.shape[0]
+    c = torch.cat((c_all.repeat_interleave(m), neg_c, c_all.repeat_interleave(n_label)))
+    left = torch.cat((images.repeat(n_aug), neg_a, anchors.repeat(n_aug)))
+    right = torch.cat((images.repeat(n_aug), neg_b, partners.repeat(n_aug)))
+    label_targets = same.repeat(n_aug).to(torch.float32)
+    n_unsup = n_aug * m
+    targets = torch.cat((torch.ones(n_unsup, device=device), torch.zeros(neg_c.shape[0], device=device),
+                         label_targets))
+    n_pos = same.sum() * n_aug  # label positives; a tensor, so no further host sync
+    n_neg = n_aug * n_label - n_pos
+    pos_w = torch.where(n_pos > 0, 0.5 * label_weight / n_pos.clamp(min=1), 0.0)
+    neg_w = torch.where(n_neg > 0, 0.5 * label_weight / n_neg.clamp(min=1), 0.0)
+    weights = torch.cat((torch.full((n_unsup,), 0.5 * (1 - label_weight) / n_unsup, device=device),
+                         torch.full((neg_c.shape[0],), 0.5 * (1 - label_weight) / neg_c.shape[0], device=device),
+                         torch.where(label_targets > 0, pos_w, neg_w)))
+    return vi[c] * m + left, vj[c] * m + right, targets, weights / weights.sum()
+
+
+def semi_supervised_pair_index(labels: torch.Tensor, k: int, balance: Balance = "weight",
+                               label_weight: float = 0.5) -> tuple[
         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows of z (view-major, K*M) of the left and right member of every pair, targets and loss weights.
 
-    Order: augmentation positives (c, n), label positives (c, a, b), negatives (c, u, a).
+    Order: augmentation positives (c, n), label positives (c, a, b), negatives (c, u, a); `label_term`
+    has its own order (`label_term_pair_index`). `label_weight` is used by `label_term` only.
     """
     if balance not in LABEL_BALANCES:
         raise ValueError(f"balance must be one of {', '.join(LABEL_BALANCES)}; got {balance!r}")
+    if balance == "label_term":
+        return label_term_pair_index(labels, k, label_weight)
     m, device = labels.shape[0], labels.device
     vi, vj = _augmentation_views(k, device)
     n_aug = vi.shape[0]
@@ -129,6 +187,7 @@ def semi_supervised_pairs(
     labels: torch.Tensor,
     aggregation: str = "cat",
     balance: Balance = "weight",
+    label_weight: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Aggregated pairs, targets and loss weights (summing to 1) from K view-major views of M images.
 
@@ -143,7 +202,8 @@ def semi_supervised_pairs(
         raise ValueError(f"need at least 2 images per batch to build negatives; got M={m}")
     if labels.shape != (m,):
         raise ValueError(f"labels must have shape (M,)=({m},); got {tuple(labels.shape)}")
-    left, right, targets, weights = semi_supervised_pair_index(labels.to(z.device).long(), k, balance)
+    left, right, targets, weights = semi_supervised_pair_index(labels.to(z.device).long(), k, balance,
+                                                                label_weight)
     pairs = aggregate(z.index_select(0, left), z.index_select(0, right), aggregation)
     return pairs, targets.to(z.dtype), weights
 

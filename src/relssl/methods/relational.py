@@ -42,8 +42,17 @@ class RelationalConfig(Section):
     # augmentation pair and down-weights each positive (the default until the 3-seed grid in
     # docs/RESULTS.md showed "negatives" ahead); "dense" gives each labelled anchor every image of
     # the batch not of its class as a negative (SupCon-like; more head work); "dense_per_anchor" the
-    # same negatives, each anchor's sharing one anchor's weight. Moot with "flip", which stores "weight".
-    label_balance: Literal["weight", "negatives", "dense", "dense_per_anchor"] = "negatives"
+    # same negatives, each anchor's sharing one anchor's weight; "label_term" keeps the unsupervised
+    # pairs as without labels and adds a separate term over every ordered pair of labelled images
+    # (same class positive, other class negative) with share `label_weight` of the loss. Moot with
+    # "flip", which stores "weight".
+    label_balance: Literal["weight", "negatives", "dense", "dense_per_anchor", "label_term"] = "negatives"
+    # label_term only: the label term's share of the loss (the unsupervised pairs keep the rest).
+    label_weight: float = Field(default=0.5, gt=0.0, lt=1.0)
+    # With few labels a random batch holds few labelled images; > 0 composes every batch of this many
+    # labelled images and the rest unlabelled ones (labelled images repeat within an epoch) whenever
+    # the labelled share is below labelled_per_batch / batch_size. 0: plain random batches.
+    labelled_per_batch: int = Field(default=0, ge=0)
     # With several processes: "local" builds pairs among each rank's own images (as the reference
     # code would per GPU; pairs grow as K^2 * M / ranks); "global" gathers every rank's features and
     # builds the pairs of the whole batch on every rank, the same as one process with the global batch.
@@ -76,6 +85,11 @@ class RelationalConfig(Section):
         if self.label_balance != "weight" and self.label_positives != "explicit":
             raise ValueError(f"relational.label_balance: {self.label_balance!r} applies to label_positives "
                              "'explicit' only")
+        if self.labelled_per_batch and self.labelled_fraction == 0:
+            raise ValueError("relational.labelled_per_batch needs labels: set relational.labelled_fraction above 0")
+        if "label_weight" in self.model_fields_set and self.label_balance != "label_term":
+            raise ValueError("relational.label_weight applies to label_balance 'label_term' only; got "
+                             f"label_balance {self.label_balance!r}")
         return self
 
 
@@ -105,6 +119,7 @@ class RelationalReasoning(Method):
         self.use_labels = config.labelled_fraction > 0
         self.explicit_positives = config.label_positives == "explicit"
         self.global_pairs = config.pairs == "global"
+        self.labelled_per_batch = config.labelled_per_batch
         if config.head == "mlp":
             self.head = RelationHead(2 * dim if config.aggregation == "cat" else dim, hidden=config.head_hidden)
         elif config.head == "encoder":
@@ -147,7 +162,7 @@ class RelationalReasoning(Method):
         weights = None
         if labels is not None and self.explicit_positives:
             pairs, targets, weights = semi_supervised_pairs(z, self.num_views, labels, self.aggregation,
-                                                            self.config.label_balance)
+                                                            self.config.label_balance, self.config.label_weight)
         else:
             pairs, targets = relational_pairs(z, self.num_views, self.aggregation, labels=labels)
         if self.head_kind == "mlp":
