@@ -69,6 +69,7 @@ def test_an_empty_checkpoint_is_a_one_line_error(tmp_path: Path, capsys: pytest.
     ("mocov3", "predictor_last_bn", False),
     ("dim", "local_layer", "last"),
     ("relational", "label_positives", "flip"),
+    ("relational", "labelled_batch_share", 0.0),
 ])
 def test_a_saved_config_that_predates_an_option_keeps_the_earlier_behaviour(method: str, key: str, earlier) -> None:
     """Issue 12 changed these defaults; a checkpoint saved before the option existed resumes as it was trained."""
@@ -87,7 +88,16 @@ def test_a_saved_flip_run_config_reads_back() -> None:
     """The balance is moot for flip: its saved section holds 'weight', which reads back."""
     saved = build_config({"method": "relational", "relational": {"label_positives": "flip"}}).to_dict()
     assert saved["relational"]["label_balance"] == "weight"
-    assert build_config({"method": "relational"}).relational.label_balance == "negatives"  # explicit's default
+    assert build_config({"method": "relational"}).relational.label_balance == "label_term"  # explicit's default
     assert build_config(saved, check_other_methods=False).relational.label_positives == "flip"
     with pytest.raises(ConfigError, match="label_balance': 'negatives' applies to label_positives 'explicit' only"):
         build_config({"method": "relational", "relational": {"label_positives": "flip", "label_balance": "negatives"}})
+
+
+def test_saved_semi_supervised_configs_of_every_balance_read_back() -> None:
+    """A saved section holds label_weight and labelled_batch_share at their defaults whatever the balance."""
+    for balance in ("weight", "negatives", "dense", "dense_per_anchor", "label_term"):
+        saved = build_config({"method": "relational", "relational": {"label_balance": balance,
+                                                                     "labelled_fraction": 0.1}}).to_dict()
+        back = build_config(saved, check_other_methods=False).relational
+        assert (back.label_balance, back.label_weight, back.labelled_batch_share) == (balance, 0.5, 0.75)

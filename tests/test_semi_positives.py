@@ -405,7 +405,7 @@ def test_label_term_step_trains_and_label_weight_is_validated():
     assert torch.isfinite(out.loss)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.backbone.parameters() if p.dim() > 1)
     with pytest.raises(ConfigError, match="label_weight applies to label_balance 'label_term' only"):
-        build_config({}, {"relational.label_weight": 0.3})
+        build_config({}, {"relational.label_balance": "negatives", "relational.label_weight": 0.3})
     for bad in (0.0, 1.0):
         with pytest.raises(ConfigError, match="label_weight"):
             build_config({}, {"relational.label_balance": "label_term", "relational.label_weight": bad})

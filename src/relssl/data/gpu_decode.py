@@ -22,7 +22,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from relssl.augment.params import sample_crop_boxes
 from relssl.data.listing import Listing
-from relssl.data.stream import CropSettings, StreamLoader, crop_uniforms, decode_rgb, epoch_batches, make_loader
+from relssl.data.stream import CropSettings, StreamLoader, crop_uniforms, decode_rgb, make_loader
 from relssl.errors import ConfigError, DataError
 
 __all__ = ["GpuDecodeLoader"]
@@ -81,8 +81,7 @@ class GpuDecodeLoader(StreamLoader):
         self.raw.labels = self.dataset.labels  # the labels training sees (the semi-supervised option hides some)
 
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        steps = epoch_batches(self.num_images, self.batch_size, self.seed, epoch, self.rank, self.world_size)
-        keys = [[(epoch, int(i)) for i in step] for step in steps[start_step:]]
+        keys = [[(epoch, int(i)) for i in step] for step in self.epoch_indices(epoch)[start_step:]]
         for items in make_loader(self.raw, keys, self.workers, torch.device("cpu"), self.prefetch, _collate_raw):
             images = self._decode(items, epoch)
             views = torch.stack([self._crops(image, item.uniforms) for image, item in zip(images, items)], dim=1)

@@ -29,6 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from relssl.augment.params import CROP_TRIES, sample_crop_boxes
+from relssl.data.batch_indices import batch_indices, epoch_batches, labelled_floor
 from relssl.data.config import STREAM_ABOVE_GIB, DataConfig
 from relssl.data.decode import to_rgb
 from relssl.data.listing import Listing
@@ -42,19 +43,6 @@ __all__ = ["CropSettings", "StreamLoader", "make_loader", "crop_uniforms", "deco
            "random_resized_crops", "stream_features", "streamed_listing"]
 
 MAX_REPLACEMENTS = 16  # unreadable images in a row before the stream gives up
-
-
-def epoch_batches(num_images: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
-                  world_size: int = 1) -> torch.Tensor:
-    """This rank's (steps, batch_size / world_size) dataset indices of `epoch`: a seeded permutation.
-
-    The permutation does not depend on the number of processes: rank r takes the r-th block of
-    every global batch (the last partial batch is dropped).
-    """
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    steps = num_images // batch_size
-    perm = torch.randperm(num_images, generator=gen)[: steps * batch_size]
-    return perm.view(steps, world_size, batch_size // world_size)[:, rank]
 
 
 def decode_rgb(path: str) -> Image.Image:
@@ -192,7 +180,8 @@ class StreamLoader:
 
     def __init__(self, listing: Listing, crops: CropSettings, batch_size: int, *, seed: int = 0,
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, workers: int | None = None,
-                 prefetch: int = 4, strict: bool = False, labels: np.ndarray | None = None) -> None:
+                 prefetch: int = 4, strict: bool = False, labels: np.ndarray | None = None,
+                 labelled_share: float = 0.0) -> None:
         if batch_size % world_size or batch_size // world_size < 2:
             raise DataError(f"train.batch_size={batch_size} must split into at least 2 images on each of the "
                             f"{world_size} processes")
@@ -207,6 +196,7 @@ class StreamLoader:
         if labels is not None:  # the labels training sees (the semi-supervised option hides some)
             listing = Listing(listing.split, listing.files, np.asarray(labels, dtype=np.int64), listing.classes)
         self.dataset = _Images(listing, crops, seed, strict)
+        self.labelled_floor = labelled_floor(torch.from_numpy(listing.labels), batch_size, labelled_share)
         self.skipped = 0  # unreadable images replaced so far (this process)
         self._warned: set[str] = set()
 
@@ -219,10 +209,14 @@ class StreamLoader:
         """Full global batches per epoch."""
         return self.num_images // self.batch_size
 
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        """This rank's (steps, m) image indices for `epoch`, as the in-memory BatchStream draws them."""
+        return batch_indices(torch.from_numpy(self.dataset.labels), self.batch_size, self.labelled_floor, self.seed,
+                             epoch, self.rank, self.world_size)
+
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Batches of `epoch` from step `start_step` on (a resumed run starts mid-epoch)."""
-        steps = epoch_batches(self.num_images, self.batch_size, self.seed, epoch, self.rank, self.world_size)
-        keys = [[(epoch, int(i)) for i in step] for step in steps[start_step:]]
+        keys = [[(epoch, int(i)) for i in step] for step in self.epoch_indices(epoch)[start_step:]]
         for views, labels, indices, skipped, errors in make_loader(self.dataset, keys, self.workers, self.device,
                                                               self.prefetch):
             failed = next((e for e in errors if e), "")

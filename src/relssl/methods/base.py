@@ -67,7 +67,7 @@ class Method(nn.Module):
     metric_names: ClassVar[tuple[str, ...]] = ()  # per-step metrics logged beside the loss
     needs_labels: ClassVar[bool] = False  # True: every training image must be labelled
     needs_feature_maps: ClassVar[bool] = False  # True: more than pooled features (refuses e.g. timm backbones)
-    labelled_per_batch: int = 0  # > 0: every batch holds this many labelled images (train/labelled_batches.py)
+    labelled_batch_share: float = 0.0  # > 0: batches hold this share of labelled images (data/batch_indices.py)
 
     def __init__(self, backbone: nn.Module, num_views: int = 1) -> None:
         super().__init__()

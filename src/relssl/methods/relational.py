@@ -36,23 +36,23 @@ class RelationalConfig(Section):
     # batch's other labelled images of its class (docs/methods/relational.md); "flip" only turns a
     # scheduled negative whose two images share a labelled class into a positive (the rule before issue 12).
     label_positives: Literal["explicit", "flip"] = "explicit"
-    # With explicit positives, positives and negatives keep equal total loss weight: "negatives" adds
-    # one more negative per label positive (same anchor and augmentation pair), so all pairs weigh
-    # alike, as in the paper's one negative per positive; "weight" keeps one negative per anchor and
-    # augmentation pair and down-weights each positive (the default until the 3-seed grid in
-    # docs/RESULTS.md showed "negatives" ahead); "dense" gives each labelled anchor every image of
-    # the batch not of its class as a negative (SupCon-like; more head work); "dense_per_anchor" the
-    # same negatives, each anchor's sharing one anchor's weight; "label_term" keeps the unsupervised
-    # pairs as without labels and adds a separate term over every ordered pair of labelled images
-    # (same class positive, other class negative) with share `label_weight` of the loss. Moot with
+    # How explicit label pairs enter the loss (docs/methods/relational.md). "label_term" (default;
+    # ahead at every share in docs/RESULTS.md) keeps the unsupervised pairs as without labels and
+    # adds a separate term over every ordered pair of labelled images (same class positive, other
+    # class negative) with share `label_weight` of the loss. The others pool label positives with
+    # the augmentation positives, positives and negatives weighing alike in total: "negatives" adds
+    # one negative per label positive; "weight" keeps one negative per anchor and down-weights each
+    # positive; "dense" gives each labelled anchor every image not of its class as a negative;
+    # "dense_per_anchor" the same negatives, each anchor's sharing one anchor's weight. Moot with
     # "flip", which stores "weight".
-    label_balance: Literal["weight", "negatives", "dense", "dense_per_anchor", "label_term"] = "negatives"
+    label_balance: Literal["weight", "negatives", "dense", "dense_per_anchor", "label_term"] = "label_term"
     # label_term only: the label term's share of the loss (the unsupervised pairs keep the rest).
     label_weight: float = Field(default=0.5, gt=0.0, lt=1.0)
-    # With few labels a random batch holds few labelled images; > 0 composes every batch of this many
-    # labelled images and the rest unlabelled ones (labelled images repeat within an epoch) whenever
-    # the labelled share is below labelled_per_batch / batch_size. 0: plain random batches.
-    labelled_per_batch: int = Field(default=0, ge=0)
+    # With few labels a random batch holds few labelled images: with labels in use, every batch is
+    # composed of round(share * batch_size) labelled images and unlabelled ones for the rest
+    # (labelled images repeat within an epoch) whenever the training set's labelled share is lower.
+    # 0: plain random batches. The default, 3/4, is the best of 1/2 and 3/4 in docs/RESULTS.md.
+    labelled_batch_share: float = Field(default=0.75, ge=0.0, le=1.0)
     # With several processes: "local" builds pairs among each rank's own images (as the reference
     # code would per GPU; pairs grow as K^2 * M / ranks); "global" gathers every rank's features and
     # builds the pairs of the whole batch on every rank, the same as one process with the global batch.
@@ -85,9 +85,7 @@ class RelationalConfig(Section):
         if self.label_balance != "weight" and self.label_positives != "explicit":
             raise ValueError(f"relational.label_balance: {self.label_balance!r} applies to label_positives "
                              "'explicit' only")
-        if self.labelled_per_batch and self.labelled_fraction == 0:
-            raise ValueError("relational.labelled_per_batch needs labels: set relational.labelled_fraction above 0")
-        if "label_weight" in self.model_fields_set and self.label_balance != "label_term":
+        if self.label_weight != 0.5 and self.label_balance != "label_term":
             raise ValueError("relational.label_weight applies to label_balance 'label_term' only; got "
                              f"label_balance {self.label_balance!r}")
         return self
@@ -119,7 +117,7 @@ class RelationalReasoning(Method):
         self.use_labels = config.labelled_fraction > 0
         self.explicit_positives = config.label_positives == "explicit"
         self.global_pairs = config.pairs == "global"
-        self.labelled_per_batch = config.labelled_per_batch
+        self.labelled_batch_share = config.labelled_batch_share if self.use_labels else 0.0
         if config.head == "mlp":
             self.head = RelationHead(2 * dim if config.aggregation == "cat" else dim, hidden=config.head_hidden)
         elif config.head == "encoder":

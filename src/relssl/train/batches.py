@@ -11,9 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from relssl.data.stream import epoch_batches
+from relssl.data.batch_indices import batch_indices, labelled_floor
 from relssl.errors import ConfigError
-from relssl.train.labelled_batches import floor_applies, labelled_floor_batches
 
 # Arrays up to this size are copied to the accelerator once, so a step only indexes device
 # memory; bigger ones stay memory-mapped on the host and are copied batch by batch. On the CPU
@@ -43,7 +42,7 @@ class BatchStream:
         rank: int = 0,
         world_size: int = 1,
         resident: bool | None = None,
-        labelled_per_batch: int = 0,
+        labelled_share: float = 0.0,
     ) -> None:
         if batch_size % world_size:
             raise ConfigError(
@@ -73,8 +72,8 @@ class BatchStream:
         else:
             self.images_host = images
         self.labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.device)
-        # semi-supervised runs with few labels: every batch holds this many labelled images (labelled_batches.py)
-        self.labelled_floor = labelled_per_batch if floor_applies(self.labels, batch_size, labelled_per_batch) else 0
+        # semi-supervised runs with few labels: every batch holds this many labelled images (data/batch_indices.py)
+        self.labelled_floor = labelled_floor(self.labels.cpu(), batch_size, labelled_share)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -83,10 +82,8 @@ class BatchStream:
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         """This rank's (steps, m) image indices for `epoch` (the streaming reader draws the same)."""
-        if self.labelled_floor:
-            return labelled_floor_batches(self.labels, self.batch_size, self.labelled_floor, self.seed, epoch,
-                                          self.rank, self.world_size)
-        return epoch_batches(self.num_images, self.batch_size, self.seed, epoch, self.rank, self.world_size)
+        return batch_indices(self.labels, self.batch_size, self.labelled_floor, self.seed, epoch, self.rank,
+                             self.world_size)
 
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Batches of `epoch`, skipping the first `start_step` (for mid-epoch resume)."""

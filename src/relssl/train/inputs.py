@@ -53,15 +53,19 @@ class TrainingInputs:
             mean, std = channel_stats(sample, seed=config.seed)
         return aug.model_copy(update={"mean": aug.mean or mean, "std": aug.std or std})
 
-    def loader(self, config: RunConfig, labels: np.ndarray, views: int, device: torch.device) -> StreamLoader:
-        """The streaming reader over this split for a method of `views` views (its labels as training sees them)."""
+    def loader(self, config: RunConfig, labels: np.ndarray, views: int, device: torch.device,
+               labelled_share: float = 0.0) -> StreamLoader:
+        """The streaming reader over this split for a method of `views` views (its labels as training sees them).
+
+        `labelled_share` > 0 composes batches of that share of labelled images (data/batch_indices.py).
+        """
         assert self.listing is not None
         aug = config.augment
         crops = CropSettings(size=self.crop, views=views, scale=aug.scale, ratio=aug.ratio)
         reader = GpuDecodeLoader if config.data.decode == "gpu" else StreamLoader
         return reader(self.listing, crops, config.train.batch_size, seed=config.seed, device=device,
                       rank=rank(), world_size=world_size(), workers=config.data.workers,
-                      strict=config.data.strict, labels=labels)
+                      strict=config.data.strict, labels=labels, labelled_share=labelled_share)
 
 
 def eval_resize(config: RunConfig, crop: int) -> int:

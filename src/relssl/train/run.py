@@ -189,7 +189,8 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
         trainer = Trainer(config, method, inputs.arrays.images, labels, aug_cfg, device, log=log)
     else:
         trainer = Trainer(config, method, None, None, aug_cfg, device, log=log,
-                          stream=inputs.loader(config, labels, method.num_views, device))
+                          stream=inputs.loader(config, labels, method.num_views, device,
+                                               labelled_share=method.labelled_batch_share))
     skipped = _on_main(lambda: check_eval_splits(config, inputs))  # why an unlabelled run skips evaluation and monitor
     # The run directory appears (or, resumed, changes) only once everything above has validated,
     # so a bad start leaves nothing behind. Rank 0 writes and tells the others the name.

@@ -118,14 +118,11 @@ class Trainer:
         # The batches: from the decoded arrays, or streamed from the image files (crops already taken).
         self.stream: BatchStream | StreamLoader
         if stream is not None:
-            if method.labelled_per_batch:
-                raise ConfigError("relational.labelled_per_batch composes batches of decoded arrays only; this run "
-                                  "streams its images from files (data.stream); drop one of the two")
             self.stream = stream
         elif images is not None and labels is not None:
             self.stream = BatchStream(images, labels, config.train.batch_size, seed=config.seed, device=device,
                                       rank=rank(), world_size=world_size(),
-                                      labelled_per_batch=method.labelled_per_batch)
+                                      labelled_share=method.labelled_batch_share)
         else:
             raise ValueError("Trainer needs images and labels, or a stream")
         if self.stream.steps_per_epoch < 1:
