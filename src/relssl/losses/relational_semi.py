@@ -51,6 +51,13 @@ def _augmentation_views(k: int, device: torch.device) -> tuple[torch.Tensor, tor
     return i, j
 
 
+def _schedule(m: int, k: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Views i and j of every augmentation pair c, c itself, its reference shift s_c, and the M image indices."""
+    vi, vj = _augmentation_views(k, device)
+    c_all = torch.arange(vi.shape[0], device=device)
+    return vi, vj, c_all, (c_all % (m - 1)) + 1, torch.arange(m, device=device)
+
+
 def same_class_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Anchors a and partners b of every ordered pair a != b of labelled images sharing a class (row-major)."""
     labelled = labels >= 0
@@ -109,11 +116,8 @@ def label_term_pair_index(labels: torch.Tensor, k: int, label_weight: float) -> 
     if not 0.0 < label_weight < 1.0:
         raise ValueError(f"label_weight must lie strictly between 0 and 1; got {label_weight}")
     m, device = labels.shape[0], labels.device
-    vi, vj = _augmentation_views(k, device)
+    vi, vj, c_all, shifts, images = _schedule(m, k, device)
     n_aug = vi.shape[0]
-    c_all = torch.arange(n_aug, device=device)
-    shifts = (c_all % (m - 1)) + 1
-    images = torch.arange(m, device=device)
     neg_c, neg_a, neg_b = negative_partners(labels, shifts, torch.zeros_like(images), extra_negatives=False)
     anchors, partners, same = labelled_pairs(labels)
     n_label = anchors.shape[0]
@@ -147,11 +151,8 @@ def semi_supervised_pair_index(labels: torch.Tensor, k: int, balance: Balance = 
     if balance == "label_term":
         return label_term_pair_index(labels, k, label_weight)
     m, device = labels.shape[0], labels.device
-    vi, vj = _augmentation_views(k, device)
+    vi, vj, c_all, shifts, images = _schedule(m, k, device)
     n_aug = vi.shape[0]
-    c_all = torch.arange(n_aug, device=device)
-    shifts = (c_all % (m - 1)) + 1
-    images = torch.arange(m, device=device)
     anchors, partners = same_class_pairs(labels)
     n_same = anchors.shape[0]
     if balance == "negatives":  # one more negative per label positive

@@ -97,8 +97,9 @@ class RelationalReasoning(Method):
 
     The backbone embeds K views of M images; `relational_pairs` builds M*K(K-1) aggregated
     pairs (half positive) and the head's logits are scored with the focal loss of Eq. 7-8.
-    With labels (`labelled_fraction` > 0) `semi_supervised_pairs` adds every same-class pair of
-    labelled images as a positive and weights the loss so positives and negatives weigh alike.
+    With labels (`labelled_fraction` > 0) `semi_supervised_pairs` also pairs labelled images (by
+    default in a label term of its own: same class positive, other class negative) and the
+    trainer composes batches of `labelled_batch_share` labelled images while labels are fewer.
     Head ablations (paper Appendix B.8): `mlp` is the relation module; `dot` removes it and
     scores a pair by the dot product of its two representations; `encoder` first maps each
     representation through an MLP encoder (as SimCLR's projector) and then takes the dot product.
