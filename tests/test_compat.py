@@ -70,6 +70,7 @@ def test_an_empty_checkpoint_is_a_one_line_error(tmp_path: Path, capsys: pytest.
     ("dim", "local_layer", "last"),
     ("relational", "label_positives", "flip"),
     ("relational", "labelled_batch_share", 0.0),
+    ("relational", "labelled_batch_rest", "unlabelled"),
 ])
 def test_a_saved_config_that_predates_an_option_keeps_the_earlier_behaviour(method: str, key: str, earlier) -> None:
     """Issue 12 changed these defaults; a checkpoint saved before the option existed resumes as it was trained."""
@@ -95,9 +96,10 @@ def test_a_saved_flip_run_config_reads_back() -> None:
 
 
 def test_saved_semi_supervised_configs_of_every_balance_read_back() -> None:
-    """A saved section holds label_weight and labelled_batch_share at their defaults whatever the balance."""
+    """A saved section holds label_weight and the batch composition at their defaults whatever the balance."""
     for balance in ("weight", "negatives", "dense", "dense_per_anchor", "label_term"):
         saved = build_config({"method": "relational", "relational": {"label_balance": balance,
                                                                      "labelled_fraction": 0.1}}).to_dict()
         back = build_config(saved, check_other_methods=False).relational
-        assert (back.label_balance, back.label_weight, back.labelled_batch_share) == (balance, 0.5, 0.75)
+        assert (back.label_balance, back.label_weight, back.labelled_batch_share, back.labelled_batch_rest) == (
+            balance, 0.5, 0.5, "all")

@@ -1,4 +1,4 @@
-"""Batches with a fixed share of labelled images (relational.labelled_batch_share) for few-label runs."""
+"""Batches with a share of labelled slots (relational.labelled_batch_share) for few-label runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from relssl.augment import AugmentConfig
-from relssl.data.batch_indices import epoch_batches, labelled_floor, labelled_floor_batches
+from relssl.data.batch_indices import LabelledBatches, epoch_batches, labelled_floor, labelled_floor_batches
 from relssl.errors import ConfigError
 from relssl.train import build_method
 from relssl.train.batches import BatchStream
@@ -24,9 +24,9 @@ def partly_labelled(n: int = 400, labelled: int = 40, classes: int = 4, seed: in
     return torch.from_numpy(labels)
 
 
-def test_every_batch_holds_the_floor_of_labelled_images_at_random_positions():
+def test_unlabelled_rest_holds_exactly_the_floor_of_labelled_images_at_random_positions():
     labels = partly_labelled()
-    batches = labelled_floor_batches(labels, 32, 8, seed=0, epoch=0)
+    batches = labelled_floor_batches(labels, 32, 8, seed=0, epoch=0, rest="unlabelled")
     assert batches.shape == (400 // 32, 32)  # the plain epoch's number of steps
     is_labelled = labels[batches] >= 0
     assert (is_labelled.sum(dim=1) == 8).all()
@@ -40,50 +40,82 @@ def test_every_batch_holds_the_floor_of_labelled_images_at_random_positions():
     assert unlabelled.unique().numel() == unlabelled.numel() == 288
 
 
-def test_composition_is_seeded_per_epoch_and_ranks_take_blocks_of_the_same_global_batch():
+def test_rest_all_adds_labelled_images_at_the_data_share():
+    n, floor, m = 20_000, 16, 64
+    for share in (0.1, 0.5):
+        labels = partly_labelled(n, int(share * n), classes=10)
+        batches = labelled_floor_batches(labels, m, floor, seed=0, epoch=0, rest="all")
+        per_batch = (labels[batches] >= 0).sum(dim=1).double()
+        assert per_batch.min() >= floor
+        # extra labelled slots ~ Binomial(M - F, share): the mean within 4 standard errors of the expectation
+        expected, sd = floor + (m - floor) * share, ((m - floor) * share * (1 - share)) ** 0.5
+        assert abs(per_batch.mean().item() - expected) < 4 * sd / len(per_batch) ** 0.5
+        assert per_batch.var().item() == pytest.approx(sd**2, rel=0.25)
+        # no image twice in a batch while the permutations are long: 312 steps x ~21 labelled < 2,000
+        if share == 0.5:
+            assert all(row.unique().numel() == m for row in batches)
+    labels = partly_labelled(400, 40)
+    more = (labels[labelled_floor_batches(labels, 32, 8, seed=0, epoch=0, rest="all")] >= 0).sum(dim=1)
+    assert (more >= 8).all() and more.sum() > 12 * 8  # the random slots add labelled images too
+
+
+@pytest.mark.parametrize("rest", ["all", "unlabelled"])
+def test_composition_is_seeded_per_epoch_and_ranks_take_blocks_of_the_same_global_batch(rest):
     labels = partly_labelled()
-    first = labelled_floor_batches(labels, 32, 8, seed=3, epoch=1)
-    assert torch.equal(first, labelled_floor_batches(labels, 32, 8, seed=3, epoch=1))
-    assert not torch.equal(first, labelled_floor_batches(labels, 32, 8, seed=3, epoch=2))
-    assert not torch.equal(first, labelled_floor_batches(labels, 32, 8, seed=4, epoch=1))
-    ranks = [labelled_floor_batches(labels, 32, 8, seed=3, epoch=1, rank=r, world_size=4) for r in range(4)]
+    first = labelled_floor_batches(labels, 32, 8, seed=3, epoch=1, rest=rest)
+    assert torch.equal(first, labelled_floor_batches(labels, 32, 8, seed=3, epoch=1, rest=rest))
+    assert not torch.equal(first, labelled_floor_batches(labels, 32, 8, seed=3, epoch=2, rest=rest))
+    assert not torch.equal(first, labelled_floor_batches(labels, 32, 8, seed=4, epoch=1, rest=rest))
+    ranks = [labelled_floor_batches(labels, 32, 8, seed=3, epoch=1, rank=r, world_size=4, rest=rest)
+             for r in range(4)]
     assert torch.equal(torch.cat(ranks, dim=1), first)
 
 
-def test_stream_composes_only_below_the_floor_share_and_is_plain_otherwise():
+def test_stream_composes_while_labels_are_few_and_is_plain_otherwise():
     images = np.zeros((400, 4, 4, 3), dtype=np.uint8)
     few = partly_labelled(labelled=40).numpy()  # 10 % < 8 / 32
-    stream = BatchStream(images, few, 32, seed=1, labelled_share=0.25)
+    stream = BatchStream(images, few, 32, seed=1, labelled_batches=LabelledBatches(0.25, "unlabelled"))
     assert stream.labelled_floor == 8
     assert (torch.from_numpy(few)[stream.epoch_indices(0)] >= 0).sum(dim=1).eq(8).all()
     many = partly_labelled(labelled=200).numpy()  # 50 % >= 8 / 32: a random batch already holds 16 on average
-    plain = BatchStream(images, many, 32, seed=1, labelled_share=0.25)
+    plain = BatchStream(images, many, 32, seed=1, labelled_batches=LabelledBatches(0.25, "unlabelled"))
     assert plain.labelled_floor == 0
     assert torch.equal(plain.epoch_indices(0), epoch_batches(400, 32, 1, 0))
+    # rest "all" composes at any share below 100 %
+    assert BatchStream(images, many, 32, seed=1, labelled_batches=LabelledBatches(0.25)).labelled_floor == 8
+    every = np.arange(400) % 4
+    assert BatchStream(images, every, 32, seed=1, labelled_batches=LabelledBatches(0.25)).labelled_floor == 0
     assert torch.equal(BatchStream(images, few, 32, seed=1).epoch_indices(0), epoch_batches(400, 32, 1, 0))
 
 
 def test_floor_errors_name_the_setting():
     images = np.zeros((64, 4, 4, 3), dtype=np.uint8)
     with pytest.raises(ConfigError, match="labelled_batch_share must lie in"):
-        labelled_floor(partly_labelled(64, 8), 32, 1.5)
+        labelled_floor(partly_labelled(64, 8), 32, LabelledBatches(1.5))
     with pytest.raises(ConfigError, match="needs labelled training images"):
-        BatchStream(images, np.full(64, -1), 32, labelled_share=0.25)
+        BatchStream(images, np.full(64, -1), 32, labelled_batches=LabelledBatches(0.25))
     with pytest.raises(ConfigError, match="labelled_batch_share"):
         build_config({}, {"relational.labelled_batch_share": 1.2})
-    assert labelled_floor(partly_labelled(64, 8), 64, 0.75) == 48 and labelled_floor(partly_labelled(64, 8), 64, 0.0) == 0
-    assert labelled_floor(partly_labelled(64, 60), 64, 0.75) == 0  # 94 % labelled: batches stay random
+    with pytest.raises(ConfigError, match="labelled_batch_rest"):
+        build_config({}, {"relational.labelled_batch_rest": "labelled"})
+    assert labelled_floor(partly_labelled(64, 8), 64, LabelledBatches(0.75)) == 48
+    assert labelled_floor(partly_labelled(64, 8), 64, LabelledBatches(0.0)) == 0
+    assert labelled_floor(partly_labelled(64, 8), 64, None) == 0
+    # 94 % labelled: random batches already hold about 60, so "unlabelled" leaves them alone
+    assert labelled_floor(partly_labelled(64, 60), 64, LabelledBatches(0.75, "unlabelled")) == 0
 
 
-def test_the_share_is_used_only_when_labels_are():
+def test_the_composition_is_used_only_when_labels_are():
     cfg = build_config({}, {"relational.k": 2})
-    assert cfg.relational.labelled_batch_share == 0.75  # the default ...
+    assert (cfg.relational.labelled_batch_share, cfg.relational.labelled_batch_rest) == (0.5, "all")  # defaults ...
     method = build_method(cfg, build_backbone(cfg), num_images=40, num_classes=4)
-    assert method.labelled_batch_share == 0.0  # ... is moot without labels: unlabelled folders train as before
+    assert method.labelled_batches is None  # ... moot without labels: unlabelled folders train as before
     semi = build_config({}, {"relational.k": 2, "relational.labelled_fraction": 0.1})
-    assert build_method(semi, build_backbone(semi), num_images=40, num_classes=4).labelled_batch_share == 0.75
-    images = np.zeros((64, 4, 4, 3), dtype=np.uint8)
-    assert BatchStream(images, np.full(64, -1), 32, labelled_share=method.labelled_batch_share).labelled_floor == 0
+    assert build_method(semi, build_backbone(semi), num_images=40, num_classes=4).labelled_batches == \
+        LabelledBatches(0.5, "all")
+    off = build_config({}, {"relational.k": 2, "relational.labelled_fraction": 0.1,
+                            "relational.labelled_batch_share": 0})
+    assert build_method(off, build_backbone(off), num_images=40, num_classes=4).labelled_batches is None
 
 
 def test_trainer_feeds_the_method_batches_with_the_floor(tmp_path):
@@ -91,7 +123,8 @@ def test_trainer_feeds_the_method_batches_with_the_floor(tmp_path):
     images = rng.integers(0, 256, size=(200, 8, 8, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(4), 50)
     cfg = build_config({}, {"relational.k": 2, "relational.labelled_fraction": 0.1,
-                            "relational.labelled_batch_share": 0.375, "train.batch_size": 16, "train.max_steps": 3,
+                            "relational.labelled_batch_share": 0.375, "relational.labelled_batch_rest": "unlabelled",
+                            "train.batch_size": 16, "train.max_steps": 3,
                             "train.progress": False, "train.device": "cpu"})
     method = build_method(cfg, build_backbone(cfg), num_images=200, num_classes=4)
     seen = []
@@ -116,8 +149,9 @@ def test_streaming_loader_draws_the_same_composed_batches(tmp_path):
         files.append(str(path))
     labels = partly_labelled(40, 4, classes=2).numpy()
     listing = Listing("train", files, labels, ("a", "b"))
-    loader = StreamLoader(listing, CropSettings(size=8, views=2), 8, seed=2, workers=0, labelled_share=0.5)
-    arrays = BatchStream(np.zeros((40, 8, 8, 3), dtype=np.uint8), labels, 8, seed=2, labelled_share=0.5)
+    plan = LabelledBatches(0.5, "unlabelled")
+    loader = StreamLoader(listing, CropSettings(size=8, views=2), 8, seed=2, workers=0, labelled_batches=plan)
+    arrays = BatchStream(np.zeros((40, 8, 8, 3), dtype=np.uint8), labels, 8, seed=2, labelled_batches=plan)
     assert loader.labelled_floor == arrays.labelled_floor == 4
     assert torch.equal(loader.epoch_indices(1), arrays.epoch_indices(1))
     batches = list(loader.iterate(1))

@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from relssl.augment.params import CROP_TRIES, sample_crop_boxes
-from relssl.data.batch_indices import batch_indices, epoch_batches, labelled_floor
+from relssl.data.batch_indices import LabelledBatches, batch_indices, epoch_batches, labelled_floor
 from relssl.data.config import STREAM_ABOVE_GIB, DataConfig
 from relssl.data.decode import to_rgb
 from relssl.data.listing import Listing
@@ -181,7 +181,7 @@ class StreamLoader:
     def __init__(self, listing: Listing, crops: CropSettings, batch_size: int, *, seed: int = 0,
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, workers: int | None = None,
                  prefetch: int = 4, strict: bool = False, labels: np.ndarray | None = None,
-                 labelled_share: float = 0.0) -> None:
+                 labelled_batches: LabelledBatches | None = None) -> None:
         if batch_size % world_size or batch_size // world_size < 2:
             raise DataError(f"train.batch_size={batch_size} must split into at least 2 images on each of the "
                             f"{world_size} processes")
@@ -196,7 +196,8 @@ class StreamLoader:
         if labels is not None:  # the labels training sees (the semi-supervised option hides some)
             listing = Listing(listing.split, listing.files, np.asarray(labels, dtype=np.int64), listing.classes)
         self.dataset = _Images(listing, crops, seed, strict)
-        self.labelled_floor = labelled_floor(torch.from_numpy(listing.labels), batch_size, labelled_share)
+        self.labelled_floor = labelled_floor(torch.from_numpy(listing.labels), batch_size, labelled_batches)
+        self.labelled_rest = labelled_batches.rest if labelled_batches else "all"
         self.skipped = 0  # unreadable images replaced so far (this process)
         self._warned: set[str] = set()
 
@@ -212,7 +213,7 @@ class StreamLoader:
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         """This rank's (steps, m) image indices for `epoch`, as the in-memory BatchStream draws them."""
         return batch_indices(torch.from_numpy(self.dataset.labels), self.batch_size, self.labelled_floor, self.seed,
-                             epoch, self.rank, self.world_size)
+                             epoch, self.rank, self.world_size, self.labelled_rest)
 
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Batches of `epoch` from step `start_step` on (a resumed run starts mid-epoch)."""

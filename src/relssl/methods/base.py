@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from relssl.config import Section
+from relssl.data.batch_indices import LabelledBatches
 from relssl.evaluate.features import extract_features
 from relssl.models.backbone import check_backbone
 
@@ -67,7 +68,7 @@ class Method(nn.Module):
     metric_names: ClassVar[tuple[str, ...]] = ()  # per-step metrics logged beside the loss
     needs_labels: ClassVar[bool] = False  # True: every training image must be labelled
     needs_feature_maps: ClassVar[bool] = False  # True: more than pooled features (refuses e.g. timm backbones)
-    labelled_batch_share: float = 0.0  # > 0: batches hold this share of labelled images (data/batch_indices.py)
+    labelled_batches: LabelledBatches | None = None  # batch composition while labels are few (data/batch_indices.py)
 
     def __init__(self, backbone: nn.Module, num_views: int = 1) -> None:
         super().__init__()

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from relssl.config import Section
+from relssl.data.batch_indices import LabelledBatches
 from relssl.distributed import gather_no_grad, gather_with_grad, world_size
 from relssl.errors import ConfigError
 from relssl.evaluate.subset import balanced_subset
@@ -48,11 +49,14 @@ class RelationalConfig(Section):
     label_balance: Literal["weight", "negatives", "dense", "dense_per_anchor", "label_term"] = "label_term"
     # label_term only: the label term's share of the loss (the unsupervised pairs keep the rest).
     label_weight: float = Field(default=0.5, gt=0.0, lt=1.0)
-    # With few labels a random batch holds few labelled images: with labels in use, every batch is
-    # composed of round(share * batch_size) labelled images and unlabelled ones for the rest
-    # (labelled images repeat within an epoch) whenever the training set's labelled share is lower.
-    # 0: plain random batches. The default, 3/4, is the best of 1/2 and 3/4 in docs/RESULTS.md.
-    labelled_batch_share: float = Field(default=0.75, ge=0.0, le=1.0)
+    # With few labels a random batch holds few labelled images: with labels in use (and some images
+    # unlabelled), round(share * batch_size) slots of every batch come from the labelled set
+    # (labelled images repeat within an epoch). 0: plain random batches (docs/methods/relational.md).
+    labelled_batch_share: float = Field(default=0.5, ge=0.0, le=1.0)
+    # The other slots: "all" fills them as a random batch would (labelled with the data's labelled
+    # share), so more labels still mean more labelled images per batch; "unlabelled" with unlabelled
+    # images only, and only while the labelled share is below labelled_batch_share.
+    labelled_batch_rest: Literal["all", "unlabelled"] = "all"
     # With several processes: "local" builds pairs among each rank's own images (as the reference
     # code would per GPU; pairs grow as K^2 * M / ranks); "global" gathers every rank's features and
     # builds the pairs of the whole batch on every rank, the same as one process with the global batch.
@@ -99,7 +103,7 @@ class RelationalReasoning(Method):
     pairs (half positive) and the head's logits are scored with the focal loss of Eq. 7-8.
     With labels (`labelled_fraction` > 0) `semi_supervised_pairs` also pairs labelled images (by
     default in a label term of its own: same class positive, other class negative) and the
-    trainer composes batches of `labelled_batch_share` labelled images while labels are fewer.
+    trainer fills `labelled_batch_share` of every batch from the labelled set while labels are few.
     Head ablations (paper Appendix B.8): `mlp` is the relation module; `dot` removes it and
     scores a pair by the dot product of its two representations; `encoder` first maps each
     representation through an MLP encoder (as SimCLR's projector) and then takes the dot product.
@@ -118,7 +122,8 @@ class RelationalReasoning(Method):
         self.use_labels = config.labelled_fraction > 0
         self.explicit_positives = config.label_positives == "explicit"
         self.global_pairs = config.pairs == "global"
-        self.labelled_batch_share = config.labelled_batch_share if self.use_labels else 0.0
+        self.labelled_batches = (LabelledBatches(config.labelled_batch_share, config.labelled_batch_rest)
+                                 if self.use_labels and config.labelled_batch_share > 0 else None)
         if config.head == "mlp":
             self.head = RelationHead(2 * dim if config.aggregation == "cat" else dim, hidden=config.head_hidden)
         elif config.head == "encoder":

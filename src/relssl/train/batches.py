@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from relssl.data.batch_indices import batch_indices, labelled_floor
+from relssl.data.batch_indices import LabelledBatches, batch_indices, labelled_floor
 from relssl.errors import ConfigError
 
 # Arrays up to this size are copied to the accelerator once, so a step only indexes device
@@ -42,7 +42,7 @@ class BatchStream:
         rank: int = 0,
         world_size: int = 1,
         resident: bool | None = None,
-        labelled_share: float = 0.0,
+        labelled_batches: LabelledBatches | None = None,
     ) -> None:
         if batch_size % world_size:
             raise ConfigError(
@@ -73,7 +73,8 @@ class BatchStream:
             self.images_host = images
         self.labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.device)
         # semi-supervised runs with few labels: every batch holds this many labelled images (data/batch_indices.py)
-        self.labelled_floor = labelled_floor(self.labels.cpu(), batch_size, labelled_share)
+        self.labelled_floor = labelled_floor(self.labels.cpu(), batch_size, labelled_batches)
+        self.labelled_rest = labelled_batches.rest if labelled_batches else "all"
 
     @property
     def steps_per_epoch(self) -> int:
@@ -83,7 +84,7 @@ class BatchStream:
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         """This rank's (steps, m) image indices for `epoch` (the streaming reader draws the same)."""
         return batch_indices(self.labels, self.batch_size, self.labelled_floor, self.seed, epoch, self.rank,
-                             self.world_size)
+                             self.world_size, self.labelled_rest)
 
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Batches of `epoch`, skipping the first `start_step` (for mid-epoch resume)."""

@@ -140,7 +140,8 @@ EARLIER_BEHAVIOUR: dict[str, dict[str, Any]] = {
     "simsiam": {"last_bn_affine": True},
     "mocov3": {"predictor_last_bn": False, "last_bn_affine": True},
     "dim": {"local_layer": "last", "discriminator": "dot", "negatives": "all", "global_weight": 0.0},
-    "relational": {"label_positives": "flip", "label_balance": "weight", "labelled_batch_share": 0.0},
+    "relational": {"label_positives": "flip", "label_balance": "weight", "labelled_batch_share": 0.0,
+                   "labelled_batch_rest": "unlabelled"},
 }
 
 

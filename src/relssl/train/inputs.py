@@ -9,6 +9,7 @@ import torch
 
 from relssl.augment import AugmentConfig
 from relssl.data import ImageArrays, channel_stats, load_split
+from relssl.data.batch_indices import LabelledBatches
 from relssl.data.gpu_decode import GpuDecodeLoader
 from relssl.data.listing import Listing
 from relssl.data.stream import CropSettings, StreamLoader, stream_sample, streamed_listing
@@ -54,10 +55,10 @@ class TrainingInputs:
         return aug.model_copy(update={"mean": aug.mean or mean, "std": aug.std or std})
 
     def loader(self, config: RunConfig, labels: np.ndarray, views: int, device: torch.device,
-               labelled_share: float = 0.0) -> StreamLoader:
+               labelled_batches: LabelledBatches | None = None) -> StreamLoader:
         """The streaming reader over this split for a method of `views` views (its labels as training sees them).
 
-        `labelled_share` > 0 composes batches of that share of labelled images (data/batch_indices.py).
+        `labelled_batches` composes batches while labels are few (data/batch_indices.py).
         """
         assert self.listing is not None
         aug = config.augment
@@ -65,7 +66,7 @@ class TrainingInputs:
         reader = GpuDecodeLoader if config.data.decode == "gpu" else StreamLoader
         return reader(self.listing, crops, config.train.batch_size, seed=config.seed, device=device,
                       rank=rank(), world_size=world_size(), workers=config.data.workers,
-                      strict=config.data.strict, labels=labels, labelled_share=labelled_share)
+                      strict=config.data.strict, labels=labels, labelled_batches=labelled_batches)
 
 
 def eval_resize(config: RunConfig, crop: int) -> int:

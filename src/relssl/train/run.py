@@ -190,7 +190,7 @@ def _train(config: RunConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
     else:
         trainer = Trainer(config, method, None, None, aug_cfg, device, log=log,
                           stream=inputs.loader(config, labels, method.num_views, device,
-                                               labelled_share=method.labelled_batch_share))
+                                               labelled_batches=method.labelled_batches))
     skipped = _on_main(lambda: check_eval_splits(config, inputs))  # why an unlabelled run skips evaluation and monitor
     # The run directory appears (or, resumed, changes) only once everything above has validated,
     # so a bad start leaves nothing behind. Rank 0 writes and tells the others the name.

@@ -122,7 +122,7 @@ class Trainer:
         elif images is not None and labels is not None:
             self.stream = BatchStream(images, labels, config.train.batch_size, seed=config.seed, device=device,
                                       rank=rank(), world_size=world_size(),
-                                      labelled_share=method.labelled_batch_share)
+                                      labelled_batches=method.labelled_batches)
         else:
             raise ValueError("Trainer needs images and labels, or a stream")
         if self.stream.steps_per_epoch < 1:
