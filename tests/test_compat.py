@@ -102,4 +102,4 @@ def test_saved_semi_supervised_configs_of_every_balance_read_back() -> None:
                                                                      "labelled_fraction": 0.1}}).to_dict()
         back = build_config(saved, check_other_methods=False).relational
         assert (back.label_balance, back.label_weight, back.labelled_batch_share, back.labelled_batch_rest) == (
-            balance, 0.5, 0.5, "all")
+            balance, 0.5, 0.75, "all")

@@ -107,12 +107,12 @@ def test_floor_errors_name_the_setting():
 
 def test_the_composition_is_used_only_when_labels_are():
     cfg = build_config({}, {"relational.k": 2})
-    assert (cfg.relational.labelled_batch_share, cfg.relational.labelled_batch_rest) == (0.5, "all")  # defaults ...
+    assert (cfg.relational.labelled_batch_share, cfg.relational.labelled_batch_rest) == (0.75, "all")  # defaults ...
     method = build_method(cfg, build_backbone(cfg), num_images=40, num_classes=4)
     assert method.labelled_batches is None  # ... moot without labels: unlabelled folders train as before
     semi = build_config({}, {"relational.k": 2, "relational.labelled_fraction": 0.1})
     assert build_method(semi, build_backbone(semi), num_images=40, num_classes=4).labelled_batches == \
-        LabelledBatches(0.5, "all")
+        LabelledBatches(0.75, "all")
     off = build_config({}, {"relational.k": 2, "relational.labelled_fraction": 0.1,
                             "relational.labelled_batch_share": 0})
     assert build_method(off, build_backbone(off), num_images=40, num_classes=4).labelled_batches is None

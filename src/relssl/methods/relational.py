@@ -52,7 +52,7 @@ class RelationalConfig(Section):
     # With few labels a random batch holds few labelled images: with labels in use (and some images
     # unlabelled), round(share * batch_size) slots of every batch come from the labelled set
     # (labelled images repeat within an epoch). 0: plain random batches (docs/methods/relational.md).
-    labelled_batch_share: float = Field(default=0.5, ge=0.0, le=1.0)
+    labelled_batch_share: float = Field(default=0.75, ge=0.0, le=1.0)
     # The other slots: "all" fills them as a random batch would (labelled with the data's labelled
     # share), so more labels still mean more labelled images per batch; "unlabelled" with unlabelled
     # images only, and only while the labelled share is below labelled_batch_share.
