@@ -1,15 +1,15 @@
-"""Which images form each batch: a seeded permutation, or a fixed share of labelled images.
+"""Which images form each batch: a seeded permutation, or batches with a share of labelled images.
 
-`epoch_batches` is the plain epoch. With a small share of labels a random batch holds few labelled images (6 of 64 at 10 %), so the
-label pairs of a step come from a handful of images. With `relational.labelled_batch_share` s,
-`labelled_floor_batches` composes every batch of F = round(s M) labelled images and M - F
-unlabelled ones whenever the training set's labelled share is below F / M, the usual practice of
-semi-supervised training (a labelled and an unlabelled batch per step); the paper is silent on
-batch composition. An epoch keeps the plain epoch's number of steps, N // M, so step budgets and
-schedules do not change. The labelled images are drawn from seeded permutations of the labelled
-set laid end to end (each image at most once per permutation), the unlabelled ones likewise from
-permutations of the unlabelled set, and the rows of every batch are shuffled, so labelled images
-sit at random positions (the negative walk pairs each anchor with its neighbours in the batch).
+`epoch_batches` is the plain epoch. With a small share of labels a random batch holds few
+labelled images (6 of 64 at 10 %), so the label pairs of a step come from a handful of images.
+With `relational.labelled_batch_share` s, `labelled_floor_batches` fills F = round(s M) slots of
+every batch from the labelled set, the usual semi-supervised practice of a labelled batch beside
+an unlabelled one (the paper is silent on batch composition). The other slots are filled as a
+random batch would be (rest "all") or with unlabelled images only (rest "unlabelled"). An epoch
+keeps the plain epoch's N // M steps, so step budgets and schedules do not change. Images are
+drawn from seeded permutations of the labelled and of the unlabelled set laid end to end, and the
+rows of every batch are shuffled, so labelled images sit at random positions (the negative walk
+pairs each anchor with its neighbours in the batch).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class RelationalConfig(Section):
     # scheduled negative whose two images share a labelled class into a positive (the rule before issue 12).
     label_positives: Literal["explicit", "flip"] = "explicit"
     # How explicit label pairs enter the loss (docs/methods/relational.md). "label_term" (default;
-    # ahead at every share in docs/RESULTS.md) keeps the unsupervised pairs as without labels and
+    # with the composed batches below, ahead at every share in docs/RESULTS.md) keeps the unsupervised pairs as without labels and
     # adds a separate term over every ordered pair of labelled images (same class positive, other
     # class negative) with share `label_weight` of the loss. The others pool label positives with
     # the augmentation positives, positives and negatives weighing alike in total: "negatives" adds

@@ -72,7 +72,7 @@ class BatchStream:
         else:
             self.images_host = images
         self.labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.device)
-        # semi-supervised runs with few labels: every batch holds this many labelled images (data/batch_indices.py)
+        # semi-supervised runs with few labels: every batch holds at least this many labelled images (data/batch_indices.py)
         self.labelled_floor = labelled_floor(self.labels.cpu(), batch_size, labelled_batches)
         self.labelled_rest = labelled_batches.rest if labelled_batches else "all"
 
