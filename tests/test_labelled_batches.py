@@ -156,3 +156,18 @@ def test_streaming_loader_draws_the_same_composed_batches(tmp_path):
     assert torch.equal(loader.epoch_indices(1), arrays.epoch_indices(1))
     batches = list(loader.iterate(1))
     assert len(batches) == 5 and all((batch_labels >= 0).sum() == 4 for _, batch_labels, _ in batches)
+
+
+def test_unlabelled_rest_draws_the_batches_the_published_runs_used():
+    """docs/RESULTS.md's rest-unlabelled rows came from this construction: a labelled block, an unlabelled block,
+    then a seeded shuffle of each row; today's slot-filling code must draw exactly the same batches."""
+    from relssl.data.batch_indices import _draws
+
+    labels = partly_labelled(2_000, 200, classes=10)
+    m, floor, seed, epoch = 64, 48, 1, 3
+    steps = labels.numel() // m
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    lab = _draws((labels >= 0).nonzero().flatten(), steps * floor, gen).view(steps, floor)
+    unl = _draws((labels < 0).nonzero().flatten(), steps * (m - floor), gen).view(steps, m - floor)
+    reference = torch.cat((lab, unl), dim=1).gather(1, torch.argsort(torch.rand(steps, m, generator=gen), dim=1))
+    assert torch.equal(labelled_floor_batches(labels, m, floor, seed, epoch, rest="unlabelled"), reference)

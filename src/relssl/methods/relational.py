@@ -89,7 +89,8 @@ class RelationalConfig(Section):
         if self.label_balance != "weight" and self.label_positives != "explicit":
             raise ValueError(f"relational.label_balance: {self.label_balance!r} applies to label_positives "
                              "'explicit' only")
-        if self.label_weight != 0.5 and self.label_balance != "label_term":
+        label_weight_default = type(self).model_fields["label_weight"].default  # saved configs hold it
+        if self.label_weight != label_weight_default and self.label_balance != "label_term":
             raise ValueError("relational.label_weight applies to label_balance 'label_term' only; got "
                              f"label_balance {self.label_balance!r}")
         return self
